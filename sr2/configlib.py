@@ -1,0 +1,72 @@
+"""ConfigDict -> typed frozen dataclass at a module boundary, with unknown fields rejected.
+
+Every module that takes configuration defines a frozen dataclass (`ModelConfig`,
+`SamplingConfig`, ...) that validates itself in `__post_init__`. `from_config` builds one
+from an ml-collections `ConfigDict` (or a plain mapping) and refuses keys the dataclass
+does not have, naming the config path and suggesting the closest field, so a typo fails
+before anything compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+  """A configuration field is unknown, missing or inconsistent."""
+
+
+def _as_dict(cfg: Any) -> dict[str, Any]:
+  if hasattr(cfg, "to_dict"):
+    return cfg.to_dict()
+  if isinstance(cfg, Mapping):
+    return dict(cfg)
+  raise ConfigError(f"expected a ConfigDict or mapping, got {type(cfg).__name__}")
+
+
+def check_keys(keys, allowed, where: str) -> None:
+  """Raises ConfigError naming each key of `keys` not in `allowed`, with a suggestion."""
+  allowed = sorted(allowed)
+  unknown = [k for k in keys if k not in allowed]
+  if not unknown:
+    return
+  lines = []
+  for k in unknown:
+    close = difflib.get_close_matches(k, allowed, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    lines.append(f"unknown field '{where}.{k}'{hint}")
+  raise ConfigError("; ".join(lines) + f". Known fields of '{where}': {', '.join(allowed)}")
+
+
+def from_config(cls: type[T], cfg: Any, where: str, **overrides: Any) -> T:
+  """Builds dataclass `cls` from `cfg`, rejecting unknown keys.
+
+  Args:
+    cls: a (frozen) dataclass type; its `__post_init__` does the value checks.
+    cfg: ConfigDict or mapping holding a subset of `cls`'s fields.
+    where: the config path for messages, e.g. "config.model".
+    **overrides: values that take precedence over `cfg` (e.g. derived fields).
+
+  Returns:
+    An instance of `cls`.
+  """
+  values = _as_dict(cfg)
+  values.update(overrides)
+  field_names = {f.name for f in dataclasses.fields(cls) if f.init}
+  check_keys(values.keys(), field_names, where)
+  try:
+    return cls(**values)
+  except TypeError as e:  # a required field is missing
+    raise ConfigError(f"{where}: {e}") from None
+  except ConfigError as e:
+    raise ConfigError(f"{where}: {e}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+  """A dataclass as a plain dict (for logging and JSON)."""
+  return dataclasses.asdict(obj)

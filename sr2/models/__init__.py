@@ -1,0 +1,30 @@
+"""Decoder models: config, pure-functional transformer, weights and tokenizers."""
+
+from sr2.models.config import PRESETS, ModelConfig, preset
+from sr2.models.tokenizer import Tokenizer, TokenizerError
+from sr2.models.transformer import (
+  CACHE_AXES,
+  forward,
+  forward_with_cache,
+  init_cache,
+  init_params,
+  param_axes,
+)
+from sr2.models.weights import Model, WeightsError, load
+
+__all__ = [
+  "CACHE_AXES",
+  "PRESETS",
+  "Model",
+  "ModelConfig",
+  "Tokenizer",
+  "TokenizerError",
+  "WeightsError",
+  "forward",
+  "forward_with_cache",
+  "init_cache",
+  "init_params",
+  "load",
+  "param_axes",
+  "preset",
+]

@@ -1,0 +1,241 @@
+"""ModelConfig for the Llama / Qwen2 / Qwen3 decoder family, and named presets.
+
+One frozen dataclass describes every supported architecture; the differences are flags:
+Qwen2 adds q/k/v biases, Qwen3 adds per-head RMSNorm on q and k, and the output head is
+tied to the embedding or not. A preset gives a shape; loading a checkpoint always reads the
+checkpoint's own config (weights.py), so presets only matter for random init and planning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sr2.configlib import ConfigError, check_keys
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shape and numerics of a decoder-only transformer.
+
+  Attributes:
+    arch: one of ARCHITECTURES; sets the family defaults below only via presets.
+    vocab_size: rows of the embedding table.
+    d_model: residual width.
+    n_layers: decoder blocks.
+    n_heads: query heads.
+    n_kv_heads: key/value heads (grouped-query attention); divides n_heads.
+    head_dim: width of one head (need not be d_model / n_heads, as in Qwen3).
+    d_ff: hidden width of the SwiGLU MLP.
+    rope_theta: RoPE base frequency.
+    norm_eps: RMSNorm epsilon.
+    qkv_bias: q/k/v projections carry a bias (Qwen2).
+    qk_norm: RMSNorm over each q and k head before RoPE (Qwen3).
+    tie_embeddings: the output head is the transposed embedding table.
+    max_seq_len: longest position the model is used at (RoPE tables, caches).
+    dtype: parameter dtype; activations follow it, softmax and logits are float32.
+  """
+
+  arch: str = "llama"
+  vocab_size: int = 256
+  d_model: int = 64
+  n_layers: int = 2
+  n_heads: int = 4
+  n_kv_heads: int = 2
+  head_dim: int = 16
+  d_ff: int = 128
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  qkv_bias: bool = False
+  qk_norm: bool = False
+  tie_embeddings: bool = True
+  max_seq_len: int = 2048
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.arch not in ARCHITECTURES:
+      raise ConfigError(
+        f"model.arch={self.arch!r} is not supported; expected one of {ARCHITECTURES}"
+      )
+    if self.dtype not in DTYPES:
+      raise ConfigError(f"model.dtype={self.dtype!r}; expected one of {DTYPES}")
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"model.{name}={value!r}; expected a positive integer")
+    if self.n_heads % self.n_kv_heads:
+      raise ConfigError(
+        f"model.n_heads={self.n_heads} is not a multiple of model.n_kv_heads={self.n_kv_heads}"
+      )
+    if self.head_dim % 2:
+      raise ConfigError(f"model.head_dim={self.head_dim} must be even for RoPE")
+    if not self.rope_theta > 0 or not self.norm_eps > 0:
+      raise ConfigError("model.rope_theta and model.norm_eps must be positive")
+    if self.max_seq_len < 1:
+      raise ConfigError(f"model.max_seq_len={self.max_seq_len}; expected >= 1")
+
+  @property
+  def n_groups(self) -> int:
+    """Query heads per key/value head."""
+    return self.n_heads // self.n_kv_heads
+
+  def replace(self, **kw: Any) -> ModelConfig:
+    return dataclasses.replace(self, **kw)
+
+  def num_params(self) -> int:
+    """Parameter count (embedding and untied head included)."""
+    d, h, k, dh, f = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.d_ff
+    attn = d * h * dh + 2 * d * k * dh + h * dh * d
+    if self.qkv_bias:
+      attn += h * dh + 2 * k * dh
+    if self.qk_norm:
+      attn += 2 * dh
+    layer = attn + 3 * d * f + 2 * d
+    head = 0 if self.tie_embeddings else d * self.vocab_size
+    return self.vocab_size * d + self.n_layers * layer + d + head
+
+
+def _llama(**kw) -> ModelConfig:
+  return ModelConfig(arch="llama", **kw)
+
+
+def _qwen2(**kw) -> ModelConfig:
+  kw.setdefault("vocab_size", 151936)
+  return ModelConfig(
+    arch="qwen2", qkv_bias=True, rope_theta=1e6, head_dim=kw["d_model"] // kw["n_heads"], **kw
+  )
+
+
+def _qwen3(**kw) -> ModelConfig:
+  return ModelConfig(
+    arch="qwen3", qk_norm=True, rope_theta=1e6, norm_eps=1e-6, head_dim=128, vocab_size=151936, **kw
+  )
+
+
+# Shapes of the released checkpoints (their config.json); eps and tying as published.
+PRESETS: dict[str, ModelConfig] = {
+  "tiny": ModelConfig(),
+  "smollm2-135m": _llama(
+    vocab_size=49152,
+    d_model=576,
+    n_layers=30,
+    n_heads=9,
+    n_kv_heads=3,
+    head_dim=64,
+    d_ff=1536,
+    rope_theta=1e5,
+    norm_eps=1e-5,
+    tie_embeddings=True,
+    max_seq_len=8192,
+  ),
+  "qwen2.5-0.5b": _qwen2(
+    d_model=896,
+    n_layers=24,
+    n_heads=14,
+    n_kv_heads=2,
+    d_ff=4864,
+    norm_eps=1e-6,
+    tie_embeddings=True,
+    max_seq_len=32768,
+  ),
+  "qwen2.5-1.5b": _qwen2(
+    d_model=1536,
+    n_layers=28,
+    n_heads=12,
+    n_kv_heads=2,
+    d_ff=8960,
+    norm_eps=1e-6,
+    tie_embeddings=True,
+    max_seq_len=32768,
+  ),
+  "qwen2.5-3b": _qwen2(
+    d_model=2048,
+    n_layers=36,
+    n_heads=16,
+    n_kv_heads=2,
+    d_ff=11008,
+    norm_eps=1e-6,
+    tie_embeddings=True,
+    max_seq_len=32768,
+  ),
+  "qwen2.5-7b": _qwen2(
+    vocab_size=152064,
+    d_model=3584,
+    n_layers=28,
+    n_heads=28,
+    n_kv_heads=4,
+    d_ff=18944,
+    norm_eps=1e-6,
+    tie_embeddings=False,
+    max_seq_len=32768,
+  ),
+  "qwen2.5-14b": _qwen2(
+    vocab_size=152064,
+    d_model=5120,
+    n_layers=48,
+    n_heads=40,
+    n_kv_heads=8,
+    d_ff=13824,
+    norm_eps=1e-5,
+    tie_embeddings=False,
+    max_seq_len=32768,
+  ),
+  "qwen2.5-32b": _qwen2(
+    vocab_size=152064,
+    d_model=5120,
+    n_layers=64,
+    n_heads=40,
+    n_kv_heads=8,
+    d_ff=27648,
+    norm_eps=1e-5,
+    tie_embeddings=False,
+    max_seq_len=32768,
+  ),
+  "qwen3-0.6b": _qwen3(
+    d_model=1024,
+    n_layers=28,
+    n_heads=16,
+    n_kv_heads=8,
+    d_ff=3072,
+    tie_embeddings=True,
+    max_seq_len=40960,
+  ),
+  "qwen3-1.7b": _qwen3(
+    d_model=2048,
+    n_layers=28,
+    n_heads=16,
+    n_kv_heads=8,
+    d_ff=6144,
+    tie_embeddings=True,
+    max_seq_len=40960,
+  ),
+  "qwen3-4b": _qwen3(
+    d_model=2560,
+    n_layers=36,
+    n_heads=32,
+    n_kv_heads=8,
+    d_ff=9728,
+    tie_embeddings=True,
+    max_seq_len=40960,
+  ),
+  "qwen3-8b": _qwen3(
+    d_model=4096,
+    n_layers=36,
+    n_heads=32,
+    n_kv_heads=8,
+    d_ff=12288,
+    tie_embeddings=False,
+    max_seq_len=40960,
+  ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+  """A named preset, optionally with fields replaced (unknown fields are rejected)."""
+  if name not in PRESETS:
+    raise ConfigError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
+  check_keys(overrides.keys(), [f.name for f in dataclasses.fields(ModelConfig)], "model")
+  return PRESETS[name].replace(**overrides)

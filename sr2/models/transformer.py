@@ -1,0 +1,260 @@
+"""A pure-functional decoder for the Llama / Qwen2 / Qwen3 family.
+
+A model is `(config, params)`: `params` is a plain pytree of arrays (dicts and a list of
+layers), and every function here takes the static `ModelConfig` and the params explicitly,
+so params jit, shard and checkpoint as they are.
+
+Shapes use suffixes: B batch, T new tokens, S cache slots, D d_model, H query heads,
+K kv heads, G = H / K, Dh head width, F MLP width, V vocabulary.
+
+KV cache: slot s of a row holds the token at position s. A call with a cache writes the new
+tokens' keys/values at their positions, then each query at position p attends to slots
+s <= p. Stale slots past a row's end (left by padding or a cut) are never attended, because
+the next token written at position p overwrites slot p before anything reads it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from sr2.models.config import ModelConfig
+
+Params = dict[str, Any]
+Cache = list[dict[str, jax.Array]]
+
+
+def _dtype(config: ModelConfig):
+  return jnp.dtype(config.dtype)
+
+
+# --------------------------------------------------------------------------- params
+
+
+def param_shapes(config: ModelConfig) -> Params:
+  """The params pytree as `(shape, logical_axes)` leaves (tuples), for init and sharding."""
+  d, h, k, dh, f, v = (
+    config.d_model,
+    config.n_heads,
+    config.n_kv_heads,
+    config.head_dim,
+    config.d_ff,
+    config.vocab_size,
+  )
+  layer = {
+    "attn_norm": ((d,), ("embed",)),
+    "q": ((d, h, dh), ("embed", "heads", "head_dim")),
+    "k": ((d, k, dh), ("embed", "kv_heads", "head_dim")),
+    "v": ((d, k, dh), ("embed", "kv_heads", "head_dim")),
+    "o": ((h, dh, d), ("heads", "head_dim", "embed")),
+    "mlp_norm": ((d,), ("embed",)),
+    "gate": ((d, f), ("embed", "mlp")),
+    "up": ((d, f), ("embed", "mlp")),
+    "down": ((f, d), ("mlp", "embed")),
+  }
+  if config.qkv_bias:
+    layer["q_bias"] = ((h, dh), ("heads", "head_dim"))
+    layer["k_bias"] = ((k, dh), ("kv_heads", "head_dim"))
+    layer["v_bias"] = ((k, dh), ("kv_heads", "head_dim"))
+  if config.qk_norm:
+    layer["q_norm"] = ((dh,), ("head_dim",))
+    layer["k_norm"] = ((dh,), ("head_dim",))
+  params = {
+    "embed": ((v, d), ("vocab", "embed")),
+    "layers": [dict(layer) for _ in range(config.n_layers)],
+    "final_norm": ((d,), ("embed",)),
+  }
+  if not config.tie_embeddings:
+    params["head"] = ((d, v), ("embed", "vocab"))
+  return params
+
+
+def _is_spec(x) -> bool:
+  return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple)
+
+
+def param_axes(config: ModelConfig) -> Params:
+  """Logical axis names of every param, as a pytree of tuples (same structure as params)."""
+  return jax.tree.map(lambda s: s[1], param_shapes(config), is_leaf=_is_spec)
+
+
+def init_params(config: ModelConfig, rng: jax.Array, std: float = 0.02) -> Params:
+  """Random params: N(0, std) matrices, unit norm scales, zero biases."""
+  specs = param_shapes(config)
+  leaves, treedef = jax.tree.flatten_with_path(specs, is_leaf=_is_spec)
+  keys = jax.random.split(rng, len(leaves))
+  out = []
+  for (path, (shape, _)), key in zip(leaves, keys, strict=True):
+    name = str(path[-1].key)
+    if name.endswith("norm"):
+      x = jnp.ones(shape, jnp.float32)
+    elif name.endswith("bias"):
+      x = jnp.zeros(shape, jnp.float32)
+    else:
+      x = std * jax.random.normal(key, shape, jnp.float32)
+    out.append(x.astype(_dtype(config)))
+  return jax.tree.unflatten(treedef, out)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return scale * x32.astype(x.dtype)
+
+
+def rope(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding in the split-halves layout of HF checkpoints (rotate_half)."""
+  dh = x_BxTxNxDh.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+  angles_BxTxDh2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  cos = jnp.cos(angles_BxTxDh2)[:, :, None, :]
+  sin = jnp.sin(angles_BxTxDh2)[:, :, None, :]
+  x = x_BxTxNxDh.astype(jnp.float32)
+  x1, x2 = x[..., : dh // 2], x[..., dh // 2 :]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxDh.dtype)
+
+
+def _attention(config, q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
+  b, t, h, dh = q_BxTxHxDh.shape
+  q = q_BxTxHxDh.reshape(b, t, config.n_kv_heads, config.n_groups, dh)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k_BxSxKxDh, preferred_element_type=jnp.float32)
+  scores = scores * (dh**-0.5)
+  scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxDh.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxDh)
+  return out.reshape(b, t, h, dh)
+
+
+def _project_qkv(config, layer, x_BxTxD, positions_BxT):
+  q = jnp.einsum("btd,dhk->bthk", x_BxTxD, layer["q"])
+  k = jnp.einsum("btd,dhk->bthk", x_BxTxD, layer["k"])
+  v = jnp.einsum("btd,dhk->bthk", x_BxTxD, layer["v"])
+  if config.qkv_bias:
+    q, k, v = q + layer["q_bias"], k + layer["k_bias"], v + layer["v_bias"]
+  if config.qk_norm:
+    q = rms_norm(q, layer["q_norm"], config.norm_eps)
+    k = rms_norm(k, layer["k_norm"], config.norm_eps)
+  q = rope(q, positions_BxT, config.rope_theta)
+  k = rope(k, positions_BxT, config.rope_theta)
+  return q, k, v
+
+
+def _mlp(layer, x_BxTxD):
+  gate = jnp.einsum("btd,df->btf", x_BxTxD, layer["gate"])
+  up = jnp.einsum("btd,df->btf", x_BxTxD, layer["up"])
+  return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, layer["down"])
+
+
+def _logits(config, params, x_BxTxD):
+  x = rms_norm(x_BxTxD, params["final_norm"], config.norm_eps)
+  if config.tie_embeddings:
+    return jnp.einsum("btd,vd->btv", x, params["embed"], preferred_element_type=jnp.float32)
+  return jnp.einsum("btd,dv->btv", x, params["head"], preferred_element_type=jnp.float32)
+
+
+def _check_tokens(tokens) -> None:
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
+  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def forward(
+  config: ModelConfig,
+  params: Params,
+  tokens_BxT: jax.Array,
+  positions_BxT: jax.Array | None = None,
+) -> jax.Array:
+  """Causal forward pass without a cache.
+
+  Args:
+    config: the model's static config.
+    params: the params pytree.
+    tokens_BxT: integer token ids.
+    positions_BxT: positions (default 0..T-1); token t attends to tokens u with
+      position[u] <= position[t], so right padding never affects real tokens.
+
+  Returns:
+    float32 logits [B, T, V].
+  """
+  _check_tokens(tokens_BxT)
+  if positions_BxT is None:
+    positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
+  mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
+  x = jnp.take(params["embed"], tokens_BxT, axis=0)
+  for layer in params["layers"]:
+    h = rms_norm(x, layer["attn_norm"], config.norm_eps)
+    q, k, v = _project_qkv(config, layer, h, positions_BxT)
+    attn = _attention(config, q, k, v, mask_BxTxT)
+    x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
+    x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
+  return _logits(config, params, x)
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> Cache:
+  """An empty KV cache with `max_len` slots per row."""
+  if max_len > config.max_seq_len:
+    raise ValueError(f"cache length {max_len} exceeds model.max_seq_len={config.max_seq_len}")
+  shape = (batch, max_len, config.n_kv_heads, config.head_dim)
+  dtype = dtype or _dtype(config)
+  return [
+    {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.n_layers)
+  ]
+
+
+CACHE_AXES = ("batch", "seq", "kv_heads", "head_dim")
+
+
+def forward_with_cache(
+  config: ModelConfig,
+  params: Params,
+  tokens_BxT: jax.Array,
+  positions_BxT: jax.Array,
+  cache: Cache,
+  write_mask_BxT: jax.Array | None = None,
+) -> tuple[jax.Array, Cache]:
+  """Runs new tokens against a KV cache, writing their keys/values at their positions.
+
+  Prefill, incremental decoding and appending observations are all this call: each row's
+  new tokens sit at that row's own positions, so ragged batches need no re-encoding.
+
+  Args:
+    config: the model's static config.
+    params: the params pytree.
+    tokens_BxT: new token ids.
+    positions_BxT: their positions (= cache slots); must be < the cache length.
+    cache: from `init_cache` (donate it under jit to update in place).
+    write_mask_BxT: False for tokens that must not be written (padding, rows left alone).
+
+  Returns:
+    (float32 logits [B, T, V], updated cache).
+  """
+  _check_tokens(tokens_BxT)
+  b, _ = tokens_BxT.shape
+  s = cache[0]["k"].shape[1]
+  slots_BxT = positions_BxT
+  if write_mask_BxT is not None:
+    slots_BxT = jnp.where(write_mask_BxT, positions_BxT, s)  # out of range: dropped
+  rows_Bx1 = jnp.arange(b)[:, None]
+  mask_BxTxS = jnp.arange(s)[None, None, :] <= positions_BxT[:, :, None]
+  x = jnp.take(params["embed"], tokens_BxT, axis=0)
+  new_cache = []
+  for layer, layer_cache in zip(params["layers"], cache, strict=True):
+    h = rms_norm(x, layer["attn_norm"], config.norm_eps)
+    q, k, v = _project_qkv(config, layer, h, positions_BxT)
+    ck = layer_cache["k"].at[rows_Bx1, slots_BxT].set(k.astype(layer_cache["k"].dtype), mode="drop")
+    cv = layer_cache["v"].at[rows_Bx1, slots_BxT].set(v.astype(layer_cache["v"].dtype), mode="drop")
+    new_cache.append({"k": ck, "v": cv})
+    attn = _attention(config, q, ck, cv, mask_BxTxS)
+    x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
+    x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
+  return _logits(config, params, x), new_cache
