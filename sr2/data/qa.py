@@ -1,0 +1,346 @@
+"""QA datasets: FlashRAG-format JSONL, tensorflow-datasets builders (no TensorFlow), loaders.
+
+Rows are `{id, question, golden_answers, metadata?}`; multi-hop rows add
+`paragraphs: [{title, text, is_supporting}]`. Builders write `array_record` files and are
+read back through `as_data_source()`, the only tfds path that works without TensorFlow.
+
+Order: records are keyed by their row position and written with shuffling disabled, so
+record i of a split is row i of the source file (the NQ+HotpotQA mix: NQ rows, then
+HotpotQA rows). Each record also stores that position as `index`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+QA_DATASETS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
+MIX_NAME = "nq_hotpotqa_train"  # Search-R1's training set: NQ train + HotpotQA train.
+MIX_SOURCES = ("nq", "hotpotqa")
+MULTIHOP_DATASETS = ("hotpotqa", "2wikimultihopqa", "musique")
+MULTIHOP_PREFIX = "multihop/"  # `multihop/hotpotqa` names the set with paragraphs.
+
+
+@dataclasses.dataclass(frozen=True)
+class Paragraph:
+  """One context paragraph of a multi-hop question."""
+
+  title: str
+  text: str
+  is_supporting: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class QAExample:
+  """One question with its gold answers (any of them counts as correct)."""
+
+  id: str
+  question: str
+  golden_answers: tuple[str, ...]
+  data_source: str = ""
+  paragraphs: tuple[Paragraph, ...] | None = None
+  metadata: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
+
+  def __post_init__(self):
+    if not isinstance(self.id, str) or not self.id.strip():
+      raise ValueError(f"QAExample.id must be a non-empty string, got {self.id!r}")
+    if not isinstance(self.question, str) or not self.question.strip():
+      raise ValueError(f"QAExample {self.id!r}: question must be a non-empty string")
+    answers = self.golden_answers
+    if isinstance(answers, str) or not answers:
+      raise ValueError(f"QAExample {self.id!r}: golden_answers must be a non-empty list")
+    if any(not isinstance(a, str) or not a.strip() for a in answers):
+      raise ValueError(f"QAExample {self.id!r}: golden_answers must be non-empty strings")
+    object.__setattr__(self, "golden_answers", tuple(answers))
+
+
+def _parse_paragraphs(raw: Any, where: str) -> tuple[Paragraph, ...]:
+  if not isinstance(raw, list):
+    raise ValueError(f"{where}: 'paragraphs' must be a list, got {type(raw).__name__}")
+  out = []
+  for j, p in enumerate(raw):
+    if not (
+      isinstance(p, dict) and isinstance(p.get("title"), str) and isinstance(p.get("text"), str)
+    ):
+      raise ValueError(f"{where}: paragraphs[{j}] must be an object with string title and text")
+    out.append(Paragraph(p["title"], p["text"], bool(p.get("is_supporting", False))))
+  return tuple(out)
+
+
+def read_qa_jsonl(path: str | os.PathLike, data_source: str | None = None) -> list[QAExample]:
+  """Reads and validates a FlashRAG-format QA file.
+
+  Args:
+    path: a `.jsonl` file, one `{id, question, golden_answers, metadata?, paragraphs?}` a line.
+    data_source: the `data_source` of every row; defaults to the file's directory name.
+
+  Returns:
+    The rows in file order.
+
+  Raises:
+    ValueError: naming the file and line of the first bad row (bad JSON, empty id or
+      question, missing or empty answers, a duplicate id), or if the file has no rows.
+  """
+  path = os.fspath(path)
+  if data_source is None:
+    data_source = os.path.basename(os.path.dirname(os.path.abspath(path)))
+  rows: list[QAExample] = []
+  seen: dict[str, int] = {}
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}:{line_no}"
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+      if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+      paragraphs = None
+      if "paragraphs" in row:
+        paragraphs = _parse_paragraphs(row["paragraphs"], where)
+      metadata = row.get("metadata")
+      if metadata is not None and not isinstance(metadata, dict):
+        raise ValueError(f"{where}: 'metadata' must be an object")
+      try:
+        ex = QAExample(
+          id=row.get("id"),
+          question=row.get("question"),
+          golden_answers=row.get("golden_answers"),
+          data_source=data_source,
+          paragraphs=paragraphs,
+          metadata=metadata,
+        )
+      except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: {e}") from None
+      if ex.id in seen:
+        raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
+      seen[ex.id] = line_no
+      rows.append(ex)
+  if not rows:
+    raise ValueError(f"{path}: no rows; expected FlashRAG-format JSON lines")
+  return rows
+
+
+# ---------------------------------------------------------------------------------------
+# tensorflow-datasets builders.
+
+
+def _features(with_paragraphs: bool) -> tfds.features.FeaturesDict:
+  text = tfds.features.Text
+  spec: dict[str, Any] = {
+    "index": tfds.features.Scalar(np.int64),
+    "id": text(),
+    "question": text(),
+    "golden_answers": tfds.features.Sequence(text()),
+    "data_source": text(),
+    "metadata": text(),  # JSON; "" when the row has none.
+  }
+  if with_paragraphs:
+    spec["paragraphs"] = tfds.features.Sequence(
+      {"title": text(), "text": text(), "is_supporting": tfds.features.Scalar(np.bool_)}
+    )
+  return tfds.features.FeaturesDict(spec)
+
+
+def _source_dir(root: str, sub: str, name: str) -> str:
+  """`<root>/<sub>/<name>` (the shared-data layout) or `<root>/<name>` (a flat layout)."""
+  for d in (os.path.join(root, sub, name), os.path.join(root, name)):
+    if os.path.isdir(d):
+      return d
+  raise ValueError(
+    f"no directory for dataset {name!r} under source {root!r}; "
+    f"expected {root}/{sub}/{name}/<split>.jsonl"
+  )
+
+
+def _split_files(d: str) -> dict[str, list[str]]:
+  files = sorted(f for f in os.listdir(d) if f.endswith(".jsonl"))
+  if not files:
+    raise ValueError(f"{d}: no <split>.jsonl files")
+  return {f[: -len(".jsonl")]: [os.path.join(d, f)] for f in files}
+
+
+def _records(files: Sequence[str], with_paragraphs: bool) -> Iterator[tuple[int, dict]]:
+  index = 0
+  for path in files:
+    for ex in read_qa_jsonl(path):
+      if with_paragraphs and ex.paragraphs is None:
+        raise ValueError(f"{path}: row {ex.id!r} has no 'paragraphs'")
+      rec = {
+        "index": index,
+        "id": ex.id,
+        "question": ex.question,
+        "golden_answers": list(ex.golden_answers),
+        "data_source": ex.data_source,
+        "metadata": "" if ex.metadata is None else json.dumps(ex.metadata, ensure_ascii=False),
+      }
+      if with_paragraphs:
+        rec["paragraphs"] = [dataclasses.asdict(p) for p in ex.paragraphs]
+      yield index, rec  # an integer key + disable_shuffling keeps file order
+      index += 1
+
+
+class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared logic: one split per `<split>.jsonl` found in the source directory."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+    "Pass the directory holding qa/<name>/<split>.jsonl (and multihop/<name>/...) files "
+    "in FlashRAG format as the manual_dir (see experiments/prepare_data.py)."
+  )
+  _SUBDIR = "qa"
+  _WITH_PARAGRAPHS = False
+  # No checksums file ships with sr2; tfds would otherwise probe the package directory
+  # through `importlib_resources`, which tensorflow-datasets does not install.
+  code_path = None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+      builder=self, features=_features(self._WITH_PARAGRAPHS), disable_shuffling=True
+    )
+
+  def _split_files(self, root: str) -> dict[str, list[str]]:
+    return _split_files(_source_dir(root, self._SUBDIR, self.builder_config.name))
+
+  def _split_generators(self, dl_manager):
+    splits = self._split_files(os.fspath(dl_manager.manual_dir))
+    return {s: self._generate_examples(files) for s, files in splits.items()}
+
+  def _generate_examples(self, files):
+    return _records(files, self._WITH_PARAGRAPHS)
+
+
+class FlashragQa(_JsonlBuilder):
+  """The seven QA evaluation sets, plus the NQ+HotpotQA training mix."""
+
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n) for n in (*QA_DATASETS, MIX_NAME)]
+
+  def _split_files(self, root):
+    if self.builder_config.name != MIX_NAME:
+      return super()._split_files(root)
+    return {"train": [os.path.join(_source_dir(root, "qa", n), "train.jsonl") for n in MIX_SOURCES]}
+
+
+class MultihopQa(_JsonlBuilder):
+  """Multi-hop sets whose rows carry their context paragraphs."""
+
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n) for n in MULTIHOP_DATASETS]
+  _SUBDIR = "multihop"
+  _WITH_PARAGRAPHS = True
+
+
+# ---------------------------------------------------------------------------------------
+# Python API.
+
+ALL_NAMES = (*QA_DATASETS, MIX_NAME, *(MULTIHOP_PREFIX + n for n in MULTIHOP_DATASETS))
+
+
+def _builder(name: str, data_dir: str | os.PathLike) -> tfds.core.GeneratorBasedBuilder:
+  if name not in ALL_NAMES:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(ALL_NAMES)}")
+  cls = MultihopQa if name.startswith(MULTIHOP_PREFIX) else FlashragQa
+  return cls(
+    config=name.removeprefix(MULTIHOP_PREFIX),
+    data_dir=os.fspath(data_dir),
+    file_format="array_record",
+  )
+
+
+def prepare(
+  name: str, source_dir: str | os.PathLike, data_dir: str | os.PathLike, overwrite: bool = False
+) -> tfds.core.GeneratorBasedBuilder:
+  """Builds dataset `name` (see `ALL_NAMES`) from FlashRAG JSONL under `source_dir`.
+
+  Args:
+    name: e.g. "nq", "nq_hotpotqa_train", "multihop/hotpotqa".
+    source_dir: holds `qa/<name>/<split>.jsonl` and `multihop/<name>/<split>.jsonl`.
+    data_dir: where the tfds dataset is written.
+    overwrite: rebuild even if the dataset is already prepared.
+
+  Returns:
+    The prepared builder (`.as_data_source()` gives the raw records).
+  """
+  builder = _builder(name, data_dir)
+  mode = (
+    tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+    if overwrite
+    else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  )
+  config = tfds.download.DownloadConfig(manual_dir=os.fspath(source_dir), download_mode=mode)
+  # tfds prints its banners to stdout; keep stdout free for callers' own output.
+  with contextlib.redirect_stdout(sys.stderr):
+    builder.download_and_prepare(download_config=config)
+  return builder
+
+
+def _s(b: bytes | str) -> str:
+  return b.decode("utf-8") if isinstance(b, bytes) else b
+
+
+def _decode(rec: Mapping[str, Any]) -> QAExample:
+  paragraphs = None
+  if "paragraphs" in rec:
+    p = rec["paragraphs"]
+    paragraphs = tuple(
+      Paragraph(_s(t), _s(x), bool(s))
+      for t, x, s in zip(p["title"], p["text"], p["is_supporting"], strict=True)
+    )
+  meta = _s(rec["metadata"])
+  return QAExample(
+    id=_s(rec["id"]),
+    question=_s(rec["question"]),
+    golden_answers=tuple(_s(a) for a in rec["golden_answers"]),
+    data_source=_s(rec["data_source"]),
+    paragraphs=paragraphs,
+    metadata=json.loads(meta) if meta else None,
+  )
+
+
+class QASplit(Sequence[QAExample]):
+  """Random-access view of one prepared split, rows in source-file order."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    n = len(self)
+    if not -n <= i < n:
+      raise IndexError(f"index {i} out of range for a split of {n} rows")
+    return _decode(self._source[i % n])
+
+  def __iter__(self) -> Iterator[QAExample]:
+    chunk = 256  # batched reads are much faster than one record at a time
+    for start in range(0, len(self), chunk):
+      keys = list(range(start, min(start + chunk, len(self))))
+      yield from (_decode(r) for r in self._source.__getitems__(keys))
+
+
+def load_split(name: str, split: str, data_dir: str | os.PathLike) -> QASplit:
+  """Opens split `split` (tfds slicing such as "test[:10]" works) of a prepared dataset."""
+  builder = _builder(name, data_dir)
+  if not builder.is_prepared():
+    raise ValueError(
+      f"dataset {name!r} is not prepared under {os.fspath(data_dir)!r}; "
+      "run sr2.data.prepare or experiments/prepare_data.py first"
+    )
+  base = split.split("[")[0]
+  if base not in builder.info.splits:
+    raise ValueError(
+      f"dataset {name!r} has no split {base!r}; it has {', '.join(sorted(builder.info.splits))}"
+    )
+  return QASplit(builder.as_data_source(split=split))
