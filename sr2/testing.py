@@ -39,3 +39,37 @@ def greedy_decode(
 
   _, toks = jax.lax.scan(step, (first, cache), p + jnp.arange(max_new_tokens))
   return toks.T
+
+
+def tiny_byte_tokenizer(
+  words=("</search>", "</answer>", "<search>", "<answer>", "search", "answer", "the"),
+):
+  """A byte-level BPE tokenizer: 256 byte tokens, merges that spell `words`, and `<eos>`.
+
+  Multi-byte tokens make stop strings span and split tokens the way real BPE does.
+  """
+  from tokenizers import Tokenizer as RustTokenizer
+  from tokenizers import decoders, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
+  from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+  from sr2.models.tokenizer import Tokenizer
+
+  byte_char = bytes_to_unicode()
+  vocab = {byte_char[b]: b for b in range(256)}
+  merges = []
+  for word in words:
+    pieces = [byte_char[b] for b in word.encode("utf-8")]
+    cur = pieces[0]
+    for nxt in pieces[1:]:
+      merged = cur + nxt
+      if merged not in vocab:
+        vocab[merged] = len(vocab)
+        merges.append((cur, nxt))
+      cur = merged
+  vocab["<eos>"] = len(vocab)
+  rust = RustTokenizer(models.BPE(vocab=vocab, merges=merges))
+  rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+  rust.decoder = decoders.ByteLevel()
+  hf = PreTrainedTokenizerFast(tokenizer_object=rust, eos_token="<eos>", pad_token="<eos>")
+  return Tokenizer(hf)

@@ -1,0 +1,27 @@
+"""Jitted KV-cache sampling: prefill/append/truncate/decode with in-loop stop strings."""
+
+from sr2.sampling.methods import Greedy, Method, Temperature, TopK, TopP, parse_method, sample
+from sr2.sampling.sampler import (
+  DEFAULT_STOP_STRINGS,
+  FINISH_NAMES,
+  Sampler,
+  SamplingConfig,
+  SamplingState,
+  rows_since,
+)
+
+__all__ = [
+  "DEFAULT_STOP_STRINGS",
+  "FINISH_NAMES",
+  "Greedy",
+  "Method",
+  "Sampler",
+  "SamplingConfig",
+  "SamplingState",
+  "Temperature",
+  "TopK",
+  "TopP",
+  "parse_method",
+  "rows_since",
+  "sample",
+]
