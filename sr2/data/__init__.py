@@ -32,18 +32,15 @@ from sr2.data.qa import (
   prepare,
   read_qa_jsonl,
 )
-from sr2.data.world import (
+from sr2.data.trajectories import (
   CORRUPTIONS,
-  Entity,
   Step,
   Trajectory,
-  World,
-  WorldConfig,
-  WorldQuestion,
-  build_world,
   render_steps,
   render_trajectory,
 )
+from sr2.data.world import World, WorldConfig, WorldQuestion, build_world
+from sr2.data.world_entities import Entity
 
 __all__ = [
   "ACTOR_INSTRUCTION",
