@@ -1,0 +1,24 @@
+"""Benchmarks: `python experiments/benchmark.py NAME [flags]`, one JSON object per line.
+
+Names:
+  sampler    decode speed of the sampler (`--help` for flags), optionally against HF generate
+  retrieval  BM25 build and query speed against bm25s and rank-bm25
+"""
+
+import sys
+
+BENCHMARKS = {
+  "sampler": "sr2.sampling.benchmark:sampler_benchmark",
+  "retrieval": "sr2.retrieval.benchmark:retrieval_benchmark",
+}
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) < 2 or argv[1] not in BENCHMARKS:
+    sys.exit(f"usage: benchmark.py {{{','.join(BENCHMARKS)}}} [flags]\n\n{__doc__}")
+  module, fn = BENCHMARKS[argv[1]].split(":")
+  getattr(__import__(module, fromlist=[fn]), fn)(argv[2:])
+
+
+if __name__ == "__main__":
+  main(sys.argv)
