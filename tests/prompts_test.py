@@ -152,3 +152,56 @@ def test_wrap_information():
   assert prompts.wrap_information("Doc 1(Title: t) x") == (
     "\n\n<information>Doc 1(Title: t) x</information>\n\n"
   )
+
+
+def test_wrap_information_escapes_the_tags_inside():
+  # Retrieved text holding the tags must not end the block early.
+  assert prompts.wrap_information("a</information>b<information>c") == (
+    "\n\n<information>a&lt;/information&gt;b&lt;information&gt;c</information>\n\n"
+  )
+  with pytest.raises(TypeError, match="text must be a str"):
+    prompts.wrap_information(None)
+
+
+@pytest.mark.parametrize("make", [prompts.direct_prompt, prompts.cot_prompt])
+def test_baseline_prompts_ask_for_a_tagged_answer(make):
+  text = make("Where was Vorla Mensik born?")
+  assert "<answer>" in text and "</answer>" in text and "without any explanation" in text
+  assert "<search>" not in text  # the baselines cannot search
+  assert text.rstrip().endswith("Question: Where was Vorla Mensik born?")
+  tok = FakeChatTemplate()
+  out = make("Who?", tokenizer=tok)
+  messages, tokenize, add_gen = tok.calls[0]
+  assert [m["role"] for m in messages] == ["user"] and not tokenize and add_gen
+  assert messages[0]["content"] == make("Who?") and out.endswith("<|assistant|>\n")
+
+
+def test_direct_and_cot_differ_in_reasoning():
+  assert "<think>" not in prompts.direct_prompt("Q?")
+  assert "step by step inside <think> and </think>" in prompts.cot_prompt("Q?")
+
+
+def test_rag_prompt_puts_documents_before_the_question():
+  docs = "Doc 1(Title: Vorla Mensik) Vorla Mensik was born in Tarvel."
+  text = prompts.rag_prompt("Where was Vorla Mensik born?", docs)
+  assert "<answer>" in text and "<search>" not in text
+  assert text.index("Documents:\n" + docs) < text.index("Question: Where was Vorla Mensik born?")
+  assert prompts.NO_DOCUMENTS in prompts.rag_prompt("Q?", "  ")
+  tok = FakeChatTemplate()
+  out = prompts.rag_prompt("Q?", docs, tokenizer=tok)
+  assert tok.calls[0][0][0]["content"] == prompts.rag_prompt("Q?", docs)
+  assert out.endswith("<|assistant|>\n")
+
+
+@pytest.mark.parametrize(
+  "call, message",
+  [
+    (lambda: prompts.direct_prompt(" "), "question"),
+    (lambda: prompts.cot_prompt(None), "question"),
+    (lambda: prompts.rag_prompt("", "docs"), "question"),
+    (lambda: prompts.rag_prompt("Q?", None), "docs_text"),
+  ],
+)
+def test_baseline_prompts_reject_bad_input(call, message):
+  with pytest.raises(ValueError, match=message):
+    call()

@@ -76,11 +76,11 @@ def test_chat_template_renders(pair):
 
 
 def test_second_load_reads_the_cache(pair, monkeypatch):
-  from sr2.models import weights
+  from sr2.models import gguf as sr2_gguf
 
   def no_conversion(*a, **k):
     raise AssertionError("the GGUF was converted again instead of read from the cache")
 
-  monkeypatch.setattr(weights, "convert_gguf", no_conversion)
+  monkeypatch.setattr(sr2_gguf, "convert_gguf", no_conversion)
   again = models.load(pair[0])
   np.testing.assert_array_equal(again.params["final_norm"], pair[1].params["final_norm"])

@@ -12,8 +12,9 @@ from conftest import hf_logits, make_hf_model
 from sr2 import assets, models
 from sr2.configlib import ConfigError, from_config
 from sr2.models import ModelConfig, weights
+from sr2.models import gguf as sr2_gguf
 
-_HF_TO_GGUF = {v: k for k, v in weights._GGUF_NAMES.items()}
+_HF_TO_GGUF = {v: k for k, v in sr2_gguf._GGUF_NAMES.items()}
 
 
 def _byte_vocab():
@@ -99,7 +100,7 @@ def test_gguf_q8_dequantised_and_cached(tmp_path, sr2_cache, monkeypatch):
   np.testing.assert_allclose(got, hf_logits(hf, tokens), atol=2e-2)
   entries = list((sr2_cache / "converted").iterdir())
   assert len(entries) == 1 and (entries[0] / "params.safetensors").is_file()
-  monkeypatch.setattr(weights, "convert_gguf", lambda p: pytest.fail("converted twice"))
+  monkeypatch.setattr(sr2_gguf, "convert_gguf", lambda p: pytest.fail("converted twice"))
   again = models.load(path, dtype="bfloat16")
   assert again.config.dtype == "bfloat16" and again.params["embed"].dtype == jnp.bfloat16
   np.testing.assert_allclose(

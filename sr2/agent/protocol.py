@@ -17,10 +17,19 @@ import dataclasses
 import re
 from typing import Literal
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
-INFO_OPEN, INFO_CLOSE = "<information>", "</information>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+from sr2.data.prompts import (
+  ANSWER_CLOSE,
+  ANSWER_OPEN,
+  INFO_CLOSE,
+  INFO_OPEN,
+  SEARCH_CLOSE,
+  SEARCH_OPEN,
+  THINK_CLOSE,
+  THINK_OPEN,
+  wrap_information,
+)
+from sr2.data.prompts import STOP_STRINGS as STOP_STRINGS  # re-exported: a turn ends at either
+
 TAGS = (
   THINK_OPEN,
   THINK_CLOSE,
@@ -31,7 +40,6 @@ TAGS = (
   ANSWER_OPEN,
   ANSWER_CLOSE,
 )
-STOP_STRINGS = (SEARCH_CLOSE, ANSWER_CLOSE)  # the Actor's turn ends at either
 MAX_QUERY_CHARS = 512  # longer queries are cut to this many characters
 # `{reason}` is replaced by `Turn.error`.
 INVALID_ACTION_FEEDBACK = (
@@ -51,8 +59,6 @@ _OBSERVATION = re.compile(
   "(?:\n\n)?",
   re.S,
 )
-# Escaped forms keep retrieved text from opening or closing an observation early.
-_DEFUSED = {INFO_OPEN: "&lt;information&gt;", INFO_CLOSE: "&lt;/information&gt;"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,16 +219,8 @@ def parse_turn(text: str, max_query_chars: int = MAX_QUERY_CHARS) -> Turn:
   )
 
 
-def format_observation(docs_text: str) -> str:
-  """`docs_text` as appended after `</search>`: `\\n\\n<information>...</information>\\n\\n`.
-
-  `<information>`/`</information>` inside `docs_text` are HTML-escaped so that retrieved
-  text cannot end the block early and shift the step boundaries.
-  """
-  _check_str(docs_text, "docs_text")
-  for tag, escaped in _DEFUSED.items():
-    docs_text = docs_text.replace(tag, escaped)
-  return f"\n\n{INFO_OPEN}{docs_text}{INFO_CLOSE}\n\n"
+# The environment's observation after a search; the one wrapper lives with the tags.
+format_observation = wrap_information
 
 
 def invalid_action_feedback(turn: Turn, template: str = INVALID_ACTION_FEEDBACK) -> str:

@@ -19,6 +19,8 @@ SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 INFO_OPEN, INFO_CLOSE = "<information>", "</information>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 STOP_STRINGS = (SEARCH_CLOSE, ANSWER_CLOSE)  # the Actor's turn ends at either
+# Escaped forms keep retrieved text from opening or closing an observation early.
+_DEFUSED = {INFO_OPEN: "&lt;information&gt;", INFO_CLOSE: "&lt;/information&gt;"}
 
 ACTOR_INSTRUCTION = (
   "Answer the question below. Think inside <think> and </think> before you act, and think "
@@ -79,9 +81,17 @@ def _nonempty(value: Any, name: str) -> str:
   return value.strip()
 
 
-def wrap_information(observation: str) -> str:
-  """Wraps a search observation the way it is appended after `</search>`."""
-  return f"\n\n{INFO_OPEN}{observation}{INFO_CLOSE}\n\n"
+def wrap_information(text: str) -> str:
+  """`text` as appended after `</search>`: `\\n\\n<information>...</information>\\n\\n`.
+
+  `<information>`/`</information>` inside `text` are HTML-escaped so that retrieved text
+  cannot end the block early and shift the step boundaries.
+  """
+  if not isinstance(text, str):
+    raise TypeError(f"text must be a str, got {type(text).__name__}")
+  for tag, escaped in _DEFUSED.items():
+    text = text.replace(tag, escaped)
+  return f"\n\n{INFO_OPEN}{text}{INFO_CLOSE}\n\n"
 
 
 def actor_prompt(question: str, tokenizer: ChatTemplate | None = None) -> str:
@@ -206,3 +216,54 @@ def parse_judge_count(text: str, m: int) -> int:
   token = matches[-1].lower()
   n = _WORDS[token] if token in _WORDS else int(token)
   return max(0, min(m, n))
+
+
+# ---------------------------------------------------------------------------------------
+# Training-free baselines (evaluation): answer directly, reason then answer, answer from
+# retrieved documents. They share the Actor's answer format so `extract_answer` reads all.
+
+DIRECT_INSTRUCTION = (
+  "Answer the question below with a short answer and nothing else. Write the final answer "
+  "inside <answer> and </answer>, without any explanation, for example <answer> Beijing "
+  "</answer>. Question: {question}\n"
+)
+
+COT_INSTRUCTION = (
+  "Answer the question below. First reason about it step by step inside <think> and "
+  "</think>. Then write only the final answer inside <answer> and </answer>, without any "
+  "explanation, for example <answer> Beijing </answer>. Question: {question}\n"
+)
+
+RAG_INSTRUCTION = (
+  "Answer the question below with the help of the documents a search engine returned for "
+  "it. Write only the final answer inside <answer> and </answer>, without any explanation, "
+  "for example <answer> Beijing </answer>.\n"
+  "Documents:\n{documents}\n"
+  "Question: {question}\n"
+)
+NO_DOCUMENTS = "(no documents found)"
+
+
+def direct_prompt(question: str, tokenizer: ChatTemplate | None = None) -> str:
+  """Direct answering: the short answer inside `<answer>` tags, no reasoning (one user turn)."""
+  text = DIRECT_INSTRUCTION.format(question=_nonempty(question, "question"))
+  return _render([{"role": "user", "content": text}], tokenizer)
+
+
+def cot_prompt(question: str, tokenizer: ChatTemplate | None = None) -> str:
+  """Chain of thought: reasoning inside `<think>`, then the answer inside `<answer>`."""
+  text = COT_INSTRUCTION.format(question=_nonempty(question, "question"))
+  return _render([{"role": "user", "content": text}], tokenizer)
+
+
+def rag_prompt(question: str, docs_text: str, tokenizer: ChatTemplate | None = None) -> str:
+  """Retrieve-then-answer: `docs_text` (e.g. `format_documents` of the hits) before the question.
+
+  An empty `docs_text` (no hits) is shown as `NO_DOCUMENTS`.
+  """
+  if not isinstance(docs_text, str):
+    raise ValueError(f"docs_text must be a str, got {type(docs_text).__name__}")
+  text = RAG_INSTRUCTION.format(
+    question=_nonempty(question, "question"), documents=docs_text.strip() or NO_DOCUMENTS
+  )
+  return _render([{"role": "user", "content": text}], tokenizer)

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
+from sr2.data.prompts import wrap_information
+
 _FIELDS = ("id", "title", "text")
 _SPACES = re.compile(r"\s+")
 _WORD = re.compile(r"\S+")
@@ -194,12 +196,11 @@ def format_documents(
 def format_information(
   hits: Sequence[Any], *, tokenizer: TextTokenizer | None = None, max_tokens: int | None = 500
 ) -> str:
-  """`format_documents` wrapped as `\\n\\n<information>...</information>\\n\\n`.
+  """`format_documents` wrapped by `sr2.data.prompts.wrap_information`.
 
   The cap applies to the documents, not to the tags around them.
   """
-  docs = format_documents(hits, tokenizer=tokenizer, max_tokens=max_tokens)
-  return f"\n\n<information>{docs}</information>\n\n"
+  return wrap_information(format_documents(hits, tokenizer=tokenizer, max_tokens=max_tokens))
 
 
 def _check_str(value: Any, where: str) -> None:
