@@ -221,6 +221,7 @@ def forward_with_cache(
   positions_BxT: jax.Array,
   cache: Cache,
   write_mask_BxT: jax.Array | None = None,
+  attend_len: int | None = None,
 ) -> tuple[jax.Array, Cache]:
   """Runs new tokens against a KV cache, writing their keys/values at their positions.
 
@@ -234,6 +235,9 @@ def forward_with_cache(
     positions_BxT: their positions (= cache slots); must be < the cache length.
     cache: from `init_cache` (donate it under jit to update in place).
     write_mask_BxT: False for tokens that must not be written (padding, rows left alone).
+    attend_len: static; attend only to the first `attend_len` slots (every position in
+      `positions_BxT` must be below it). Decoding a short prefix of a long cache then
+      reads `attend_len` slots per step instead of the whole cache.
 
   Returns:
     (float32 logits [B, T, V], updated cache).
@@ -245,7 +249,8 @@ def forward_with_cache(
   if write_mask_BxT is not None:
     slots_BxT = jnp.where(write_mask_BxT, positions_BxT, s)  # out of range: dropped
   rows_Bx1 = jnp.arange(b)[:, None]
-  mask_BxTxS = jnp.arange(s)[None, None, :] <= positions_BxT[:, :, None]
+  span = s if attend_len is None else min(attend_len, s)
+  mask_BxTxS = jnp.arange(span)[None, None, :] <= positions_BxT[:, :, None]
   x = jnp.take(params["embed"], tokens_BxT, axis=0)
   new_cache = []
   for layer, layer_cache in zip(params["layers"], cache, strict=True):
@@ -254,7 +259,7 @@ def forward_with_cache(
     ck = layer_cache["k"].at[rows_Bx1, slots_BxT].set(k.astype(layer_cache["k"].dtype), mode="drop")
     cv = layer_cache["v"].at[rows_Bx1, slots_BxT].set(v.astype(layer_cache["v"].dtype), mode="drop")
     new_cache.append({"k": ck, "v": cv})
-    attn = _attention(config, q, ck, cv, mask_BxTxS)
+    attn = _attention(config, q, ck[:, :span], cv[:, :span], mask_BxTxS)
     x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
     x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
   return _logits(config, params, x), new_cache

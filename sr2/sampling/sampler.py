@@ -17,8 +17,12 @@ ragged rows uniform:
     stop string (stops.py), on its new-token budget or when its buffer is full, and stays
     stopped while the others go on.
 
-Programs compiled: one decode, one truncate, and one extend per chunk-length bucket, per
-batch size and capacity. `Sampler.num_programs` reports the count.
+Decode and extend attend only to the first `span` cache slots, `span` being the bucket
+above the longest length any row reaches in the call: a short prefix of a long row costs
+what its length costs, not the row capacity.
+
+Programs compiled, per batch size and capacity: one decode per span bucket, one extend per
+(chunk bucket, span bucket), one truncate. `Sampler.num_programs` reports the count.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sr2.configlib import ConfigError, check_keys
 from sr2.models import transformer
 from sr2.models.config import ModelConfig
 from sr2.sampling import methods as methods_lib
@@ -81,6 +86,42 @@ class SamplingConfig:
       raise ValueError(f"sampling.buckets={self.buckets}; expected increasing positive ints")
 
 
+_CONFIG_FIELDS = (
+  "method",
+  "temperature",
+  "top_k",
+  "top_p",
+  "max_len",
+  "stop_strings",
+  "stop_on_eos",
+  "logprobs",
+  "buckets",
+)
+
+
+def sampling_config(cfg, where: str = "config.sampling", **overrides) -> SamplingConfig:
+  """SamplingConfig from a config group with a method *name* and its parameters.
+
+  Keys: method (greedy|temperature|top_k|top_p), temperature, top_k, top_p, max_len,
+  stop_strings, stop_on_eos, logprobs, buckets; unknown keys are rejected.
+  """
+  values = {**(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)), **overrides}
+  check_keys(values.keys(), _CONFIG_FIELDS, where)
+  method = methods_lib.parse_method(
+    values.pop("method", "greedy"),
+    values.pop("temperature", 1.0),
+    values.pop("top_k", 50),
+    values.pop("top_p", 0.9),
+  )
+  for key in ("stop_strings", "buckets"):
+    if key in values:
+      values[key] = tuple(values[key])
+  try:
+    return SamplingConfig(method=method, **values)
+  except ValueError as e:
+    raise ConfigError(f"{where}: {e}") from None
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SamplingState:
@@ -108,8 +149,8 @@ class SamplingState:
 # --------------------------------------------------------------------------- jitted kernels
 
 
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnames=("state",))
-def _extend(model: ModelConfig, params, state: SamplingState, chunk_BxC, chunk_len_B):
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnames=("state",))
+def _extend(model: ModelConfig, span: int, params, state: SamplingState, chunk_BxC, chunk_len_B):
   b, c = chunk_BxC.shape
   L = state.max_len
   rows = jnp.arange(b)
@@ -125,7 +166,7 @@ def _extend(model: ModelConfig, params, state: SamplingState, chunk_BxC, chunk_l
   feed_valid = (pos_BxC < new[:, None] - 1) & (chunk_len_B[:, None] > 0)
   feed = jnp.take_along_axis(tokens, jnp.minimum(pos_BxC, L - 1), axis=1)
   _, cache = transformer.forward_with_cache(
-    model, params, feed, jnp.minimum(pos_BxC, L - 1), state.cache, feed_valid
+    model, params, feed, jnp.minimum(pos_BxC, span - 1), state.cache, feed_valid, span
   )
   touched = chunk_len_B > 0
   return dataclasses.replace(
@@ -155,10 +196,11 @@ def _truncate(state: SamplingState, new_len_B, mask_B):
   )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnames=("state",))
 def _decode(
   model: ModelConfig,
   cfg: SamplingConfig,
+  span: int,
   params,
   state: SamplingState,
   max_new,
@@ -183,7 +225,7 @@ def _decode(
     pos = jnp.maximum(st.lengths - 1, 0)
     cur = st.tokens[rows, pos]
     logits, cache = transformer.forward_with_cache(
-      model, params, cur[:, None], pos[:, None], st.cache, active[:, None]
+      model, params, cur[:, None], pos[:, None], st.cache, active[:, None], span
     )
     rng, key = jax.random.split(st.rng)
     tok, lp, raw = methods_lib.sample(cfg.method, logits[:, 0], key)
@@ -275,6 +317,10 @@ class Sampler:
       rng=rng if rng is not None else jax.random.key(0),
     )
 
+  def _span(self, n: int) -> int:
+    """Cache slots to attend to when no position reaches `n`: a bucket, so few programs."""
+    return self._bucket(n)
+
   def _bucket(self, n: int) -> int:
     for b in self.config.buckets:
       if b >= n:
@@ -311,8 +357,9 @@ class Sampler:
     arr = np.zeros((b, width), np.int32)
     for r, chunk in zip(rows, token_chunks, strict=True):
       arr[r, : len(chunk)] = chunk
-    self._shapes.add(("extend", b, width))
-    return _extend(self.model, params, state, jnp.asarray(arr), jnp.asarray(chunk_len))
+    span = self._span(int((lengths + chunk_len).max()))
+    self._shapes.add(("extend", b, width, span))
+    return _extend(self.model, span, params, state, jnp.asarray(arr), jnp.asarray(chunk_len))
 
   def prefill(
     self,
@@ -346,10 +393,15 @@ class Sampler:
     """Generates for every row that is not done, until each stops."""
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens={max_new_tokens}; expected >= 1")
-    self._shapes.add(("decode", state.batch))
+    lengths, done = jax.device_get((state.lengths, state.done))
+    live = lengths[~done]
+    # Attend only as far as any live row can reach in this call.
+    span = self._span(int(live.max()) + max_new_tokens if live.size else 1)
+    self._shapes.add(("decode", state.batch, span))
     return _decode(
       self.model,
       self.config,
+      span,
       params,
       state,
       jnp.int32(max_new_tokens),
