@@ -1,6 +1,6 @@
 """Decoder models: config, pure-functional transformer, weights and tokenizers."""
 
-from sr2.models.config import PRESETS, ModelConfig, preset
+from sr2.models.config import PRESETS, ModelConfig, ModelSpec, preset
 from sr2.models.tokenizer import Tokenizer, TokenizerError
 from sr2.models.transformer import (
   CACHE_AXES,
@@ -10,16 +10,18 @@ from sr2.models.transformer import (
   init_params,
   param_axes,
 )
-from sr2.models.weights import Model, WeightsError, load
+from sr2.models.weights import Model, WeightsError, build, load
 
 __all__ = [
   "CACHE_AXES",
   "PRESETS",
   "Model",
   "ModelConfig",
+  "ModelSpec",
   "Tokenizer",
   "TokenizerError",
   "WeightsError",
+  "build",
   "forward",
   "forward_with_cache",
   "init_cache",

@@ -239,3 +239,29 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     raise ConfigError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
   check_keys(overrides.keys(), [f.name for f in dataclasses.fields(ModelConfig)], "model")
   return PRESETS[name].replace(**overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Which model to build: the `config.model` group of an experiment.
+
+  Attributes:
+    source: a named model (`sr2.assets.NAMED_MODELS`), an HF checkpoint directory, a
+      `.gguf` file, or `preset:<name>` for randomly initialised params of a preset.
+    dtype: "float32" or "bfloat16" params.
+    seed: init seed for `preset:` sources.
+  """
+
+  source: str = "smollm2-135m-instruct"
+  dtype: str = "float32"
+  seed: int = 0
+
+  def __post_init__(self):
+    if not isinstance(self.source, str) or not self.source:
+      raise ConfigError(f"model.source={self.source!r}; expected a model name or path")
+    if self.dtype not in DTYPES:
+      raise ConfigError(f"model.dtype={self.dtype!r}; expected one of {DTYPES}")
+    if self.source.startswith("preset:") and self.source[7:] not in PRESETS:
+      raise ConfigError(
+        f"model.source={self.source!r}: unknown preset; expected one of {sorted(PRESETS)}"
+      )

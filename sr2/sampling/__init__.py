@@ -8,6 +8,7 @@ from sr2.sampling.sampler import (
   SamplingConfig,
   SamplingState,
   rows_since,
+  sampling_config,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
   "parse_method",
   "rows_since",
   "sample",
+  "sampling_config",
 ]
