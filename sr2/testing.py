@@ -73,3 +73,107 @@ def tiny_byte_tokenizer(
   rust.decoder = decoders.ByteLevel()
   hf = PreTrainedTokenizerFast(tokenizer_object=rust, eos_token="<eos>", pad_token="<eos>")
   return Tokenizer(hf)
+
+
+class ScriptedSampler:
+  """A stand-in for `sampling.Sampler` whose rows "write" scripted turns.
+
+  Each decode call makes every live row emit its next scripted text, tokenised and cut
+  where the real sampler would stop: at the token completing a stop string, at EOS (the
+  tokenizer's eos token text in the script), at the turn budget or the row capacity.
+  `written[r]` records every position the fake model wrote, for mask checks.
+  """
+
+  def __init__(
+    self, tokenizer, scripts, max_len: int = 2048, stop_strings=("</search>", "</answer>")
+  ):
+    import numpy as np
+
+    from sr2.sampling import SamplingConfig
+    from sr2.sampling import stops as stops_lib
+
+    self.tokenizer = tokenizer
+    self.config = SamplingConfig(max_len=max_len, stop_strings=tuple(stop_strings))
+    self._scripts = [list(s) for s in scripts]
+    self._pieces = stops_lib.token_bytes(tokenizer, len(tokenizer))
+    self._np = np
+    self.written: list[set[int]] = [set() for _ in scripts]
+    self.decode_calls = 0
+
+  def prefill(self, params, prompts, rng=None, batch=None):
+    from sr2.sampling import SamplingState
+
+    np, b, L = self._np, len(prompts), self.config.max_len
+    tokens = np.zeros((b, L), np.int32)
+    for r, p in enumerate(prompts):
+      tokens[r, : len(p)] = p
+    z = np.zeros((b,), np.int32)
+    return SamplingState(
+      tokens=tokens,
+      logprobs=np.zeros((b, L), np.float32),
+      lengths=np.array([len(p) for p in prompts], np.int32),
+      turn_start=z.copy(),
+      done=np.zeros((b,), bool),
+      finish=z.copy(),
+      stop_state=np.zeros((b, 0), np.int32),
+      cache=[],
+      rng=None,
+    )
+
+  def decode(self, params, state, max_new_tokens):
+    from sr2.sampling import stops as stops_lib
+    from sr2.sampling.sampler import CONTEXT_FULL, EOS, MAX_NEW_TOKENS, STOP_STRING
+
+    self.decode_calls += 1
+    L = self.config.max_len
+    for r in range(state.batch):
+      if state.done[r]:
+        continue
+      text = (
+        self._scripts[r].pop(0)
+        if self._scripts[r]
+        else self.tokenizer.decode([self.tokenizer.eos_id])
+      )
+      ids = self.tokenizer.encode(text)
+      code = MAX_NEW_TOKENS
+      at = stops_lib.match_text(self._pieces, ids, self.config.stop_strings)
+      eos = [i for i, t in enumerate(ids) if t in self.tokenizer.eos_ids]
+      if at is not None and (not eos or at < eos[0]):
+        ids, code = ids[: at + 1], STOP_STRING
+      elif eos:
+        ids, code = ids[: eos[0] + 1], EOS
+      if len(ids) > max_new_tokens:
+        ids, code = ids[:max_new_tokens], MAX_NEW_TOKENS
+      n = int(state.lengths[r])
+      if n + len(ids) >= L:
+        ids, code = ids[: L - n], CONTEXT_FULL
+      state.tokens[r, n : n + len(ids)] = ids
+      state.logprobs[r, n : n + len(ids)] = -0.5
+      self.written[r].update(range(n, n + len(ids)))
+      state.lengths[r] = n + len(ids)
+      state.done[r], state.finish[r] = True, code
+    return state
+
+  def append(self, params, state, rows, token_chunks):
+    for r, chunk in zip(rows, token_chunks, strict=True):
+      n = int(state.lengths[r])
+      if n + len(chunk) > self.config.max_len:
+        raise ValueError(f"row {r} overflows")
+      state.tokens[r, n : n + len(chunk)] = chunk
+      state.lengths[r] = n + len(chunk)
+      state.done[r], state.finish[r] = False, 0
+    return state
+
+
+class ListRetriever:
+  """A retriever over a fixed list of passages that returns passages whose title is in the query."""
+
+  def __init__(self, passages):
+    from sr2.retrieval.bm25 import Hit
+
+    self._hits = [Hit(p["id"], p["title"], p["text"], 1.0) for p in passages]
+    self.calls: list[list[str]] = []
+
+  def search(self, queries, k: int = 3):
+    self.calls.append(list(queries))
+    return [[h for h in self._hits if h.title.lower() in q.lower()][:k] for q in queries]

@@ -1,0 +1,243 @@
+"""The batched multi-turn search loop on the sampler (DESIGN.md, one training step, step 2).
+
+Each turn: decode every live row until `</search>`, `</answer>` or EOS (detected inside the
+jitted loop), parse what each row wrote, send all queries of the turn to the retriever in
+one call, and append `<information>` observations (or invalid-action feedback) to the rows
+that need them. The sampled token ids are kept as they are: nothing is re-tokenised, so
+`loss_mask` is exactly 1 on what the model wrote and 0 on the prompt side of the response
+(observations, feedback).
+
+The loop works on a `SamplingState` plus per-row records, and `continue_rollout` resumes
+it from any state, which is what cut-and-regenerate needs: truncate a row to a step
+boundary, drop the records after it, and continue with the turns that remain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+from sr2.agent import protocol
+from sr2.retrieval.corpus import format_documents
+from sr2.rewards.qa import extract_answer
+from sr2.sampling import Sampler, SamplingState
+
+
+class Retriever(Protocol):
+  def search(self, queries: Sequence[str], k: int = 3) -> list[list[Any]]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+  """The agent loop's limits.
+
+  Attributes:
+    max_turns: assistant turns per trajectory (the paper's B = 4).
+    max_turn_tokens: new tokens per assistant turn.
+    top_k: passages per search.
+    max_obs_tokens: cap on the documents of one observation, in tokens.
+    invalid_feedback: append feedback after an invalid turn (else the row ends).
+  """
+
+  max_turns: int = 4
+  max_turn_tokens: int = 512
+  top_k: int = 3
+  max_obs_tokens: int = 500
+  invalid_feedback: bool = True
+
+  def __post_init__(self):
+    for name in ("max_turns", "max_turn_tokens", "top_k", "max_obs_tokens"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"rollout.{name}={getattr(self, name)}; expected >= 1")
+
+
+@dataclasses.dataclass
+class Segment:
+  """A span of the response: what the model wrote in one turn, or an environment text."""
+
+  kind: str  # "model" | "observation" | "feedback"
+  start: int  # offsets into the row's tokens (prompt included)
+  end: int
+  turn: int
+
+
+@dataclasses.dataclass
+class Record:
+  """Host bookkeeping of one row while the loop runs."""
+
+  prompt_len: int
+  segments: list[Segment] = dataclasses.field(default_factory=list)
+  queries: list[str] = dataclasses.field(default_factory=list)
+  doc_ids: list[list[str]] = dataclasses.field(default_factory=list)
+  invalid_turns: int = 0
+  turns: int = 0
+  finish: str | None = None  # why the trajectory ended; None while it runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+  """One finished rollout.
+
+  Token-aligned lists cover the response only (everything after the prompt).
+  `steps[i]` = (start, end) offsets into the response of assistant step i + 1 with its
+  tool output: the unit the Meta-Refiner numbers and cuts at.
+  """
+
+  prompt_ids: list[int]
+  response_ids: list[int]
+  logprobs: list[float]
+  loss_mask: list[int]
+  turn_ids: list[int]
+  steps: list[tuple[int, int]]
+  queries: list[str]
+  doc_ids: list[list[str]]
+  response: str
+  answer: str | None
+  finish: str
+  num_turns: int
+  invalid_turns: int
+
+  @property
+  def num_searches(self) -> int:
+    return len(self.queries)
+
+
+def start_rollout(
+  sampler: Sampler, params, prompts: Sequence[Sequence[int]], rng
+) -> tuple[SamplingState, list[Record]]:
+  """Prefills the prompts; returns the state and fresh records."""
+  state = sampler.prefill(params, prompts, rng)
+  return state, [Record(prompt_len=len(p)) for p in prompts]
+
+
+def continue_rollout(
+  sampler: Sampler,
+  params,
+  state: SamplingState,
+  records: list[Record],
+  retriever: Retriever,
+  config: RolloutConfig,
+) -> SamplingState:
+  """Runs turns until every row has finished or used `config.max_turns` turns."""
+  tok = sampler.tokenizer
+  capacity = state.max_len
+  while True:
+    live = [r for r, rec in enumerate(records) if rec.finish is None]
+    if not live:
+      return state
+    before = np.array(jax.device_get(state.lengths))  # a copy: the state may be reused
+    state = sampler.decode(params, state, config.max_turn_tokens)
+    tokens, lengths, finish = (
+      np.asarray(x) for x in jax.device_get((state.tokens, state.lengths, state.finish))
+    )
+    searches: list[tuple[int, str]] = []
+    feedback: list[tuple[int, str]] = []
+    for r in live:
+      rec = records[r]
+      rec.segments.append(Segment("model", int(before[r]), int(lengths[r]), rec.turns))
+      rec.turns += 1
+      turn = protocol.parse_turn(tok.decode(tokens[r, before[r] : lengths[r]].tolist()))
+      code = int(finish[r])
+      if turn.kind == "answer":
+        rec.finish = "answer"
+      elif code == 4:  # CONTEXT_FULL: no room left to continue
+        rec.finish = "context_full"
+      elif rec.turns >= config.max_turns:
+        rec.finish = "max_turns"
+      elif turn.kind == "search":
+        searches.append((r, turn.query))
+      elif code == 1:  # EOS without an action: the model chose to stop
+        rec.finish = "eos"
+        rec.invalid_turns += 1
+      else:
+        rec.invalid_turns += 1
+        if config.invalid_feedback:
+          feedback.append((r, protocol.invalid_action_feedback(turn)))
+        else:
+          rec.finish = "invalid"
+    chunks: dict[int, tuple[str, list[int]]] = {}
+    if searches:
+      hits = retriever.search([q for _, q in searches], k=config.top_k)
+      for (r, query), row_hits in zip(searches, hits, strict=True):
+        records[r].queries.append(query)
+        records[r].doc_ids.append([h.id for h in row_hits])
+        docs = format_documents(row_hits, tokenizer=tok, max_tokens=config.max_obs_tokens)
+        chunks[r] = ("observation", tok.encode(protocol.format_observation(docs)))
+    for r, text in feedback:
+      chunks[r] = ("feedback", tok.encode(text))
+    rows, payload = [], []
+    for r, (kind, ids) in sorted(chunks.items()):
+      # Leave room for at least one more generated token after the observation.
+      if lengths[r] + len(ids) + 1 > capacity:
+        records[r].finish = "context_full"
+        continue
+      records[r].segments.append(
+        Segment(kind, int(lengths[r]), int(lengths[r]) + len(ids), records[r].turns - 1)
+      )
+      rows.append(r)
+      payload.append(ids)
+    if rows:
+      state = sampler.append(params, state, rows, payload)
+
+
+def finish_rollout(state: SamplingState, records: list[Record], tokenizer) -> list[Trajectory]:
+  """Host copies of every row as a `Trajectory`."""
+  tokens, logprobs, lengths = (
+    np.asarray(x) for x in jax.device_get((state.tokens, state.logprobs, state.lengths))
+  )
+  out = []
+  for r, rec in enumerate(records):
+    p, n = rec.prompt_len, int(lengths[r])
+    mask = np.zeros(n - p, np.int32)
+    turn_ids = np.full(n - p, -1, np.int32)
+    steps: list[tuple[int, int]] = []
+    for seg in rec.segments:
+      turn_ids[seg.start - p : seg.end - p] = seg.turn
+      if seg.kind == "model":
+        mask[seg.start - p : seg.end - p] = 1
+        steps.append((seg.start - p, seg.end - p))
+      else:
+        steps[-1] = (steps[-1][0], seg.end - p)
+    response_ids = tokens[r, p:n].tolist()
+    response = tokenizer.decode(response_ids)
+    out.append(
+      Trajectory(
+        prompt_ids=tokens[r, :p].tolist(),
+        response_ids=response_ids,
+        logprobs=np.where(mask == 1, logprobs[r, p:n], 0.0).tolist(),
+        loss_mask=mask.tolist(),
+        turn_ids=turn_ids.tolist(),
+        steps=steps,
+        queries=list(rec.queries),
+        doc_ids=[list(d) for d in rec.doc_ids],
+        response=response,
+        answer=extract_answer(response),
+        finish=rec.finish or "running",
+        num_turns=rec.turns,
+        invalid_turns=rec.invalid_turns,
+      )
+    )
+  return out
+
+
+def rollout(
+  sampler: Sampler,
+  params,
+  prompts: Sequence[Sequence[int]],
+  retriever: Retriever,
+  config: RolloutConfig,
+  rng=None,
+) -> list[Trajectory]:
+  """Runs the search agent on tokenised prompts and returns one trajectory per prompt."""
+  if sampler.tokenizer is None:
+    raise ValueError("the rollout needs a sampler with a tokenizer")
+  missing = [s for s in protocol.STOP_STRINGS if s not in sampler.config.stop_strings]
+  if missing:
+    raise ValueError(f"the sampler must stop on {protocol.STOP_STRINGS}; missing {missing}")
+  state, records = start_rollout(sampler, params, prompts, rng)
+  state = continue_rollout(sampler, params, state, records, retriever, config)
+  return finish_rollout(state, records, sampler.tokenizer)
