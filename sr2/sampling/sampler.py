@@ -51,7 +51,7 @@ FINISH_NAMES = {
   CONTEXT_FULL: "context_full",
 }
 DEFAULT_STOP_STRINGS = ("</search>", "</answer>")
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,25 @@
+"""Evaluate datasets × methods: `python experiments/evaluate.py --config CONFIG --workdir DIR`.
+
+Writes DIR/eval/results.json, results.md and trajectories/<dataset>__<method>.jsonl, and
+prints the markdown table. `--limit N` evaluates the first N questions of each dataset.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sr2.eval import markdown_table, run_evaluation
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+_LIMIT = flags.DEFINE_integer("limit", None, "Questions per dataset (overrides eval.limit).")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  result = run_evaluation(_CONFIG.value, _WORKDIR.value, limit=_LIMIT.value)
+  print(markdown_table(result.rows), end="")
+
+
+if __name__ == "__main__":
+  app.run(main)
