@@ -1,0 +1,50 @@
+"""The optimizer: one `make_optimizer(OptConfig)` returning an optax chain."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptConfig:
+  """AdamW with linear warmup then a constant rate (verl's schedule), and clipping.
+
+  Attributes:
+    lr: peak learning rate (the paper: 1e-6 for 7B+ models).
+    warmup_steps: steps of linear warmup from 0 (the paper: ratio 0.285 of 300 steps).
+    weight_decay: decoupled weight decay.
+    b1, b2, eps: Adam moments.
+    grad_clip: global-norm clip; 0 disables.
+  """
+
+  lr: float = 1e-6
+  warmup_steps: int = 0
+  weight_decay: float = 0.01
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  grad_clip: float = 1.0
+
+  def __post_init__(self):
+    if not self.lr > 0:
+      raise ValueError(f"opt.lr={self.lr}; expected > 0")
+    if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+      raise ValueError("opt.warmup_steps, opt.grad_clip and opt.weight_decay must be >= 0")
+
+
+def schedule(config: OptConfig) -> optax.Schedule:
+  if config.warmup_steps == 0:
+    return optax.constant_schedule(config.lr)
+  return optax.linear_schedule(0.0, config.lr, config.warmup_steps)
+
+
+def make_optimizer(config: OptConfig) -> optax.GradientTransformation:
+  parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip else []
+  parts.append(
+    optax.adamw(
+      schedule(config), b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
+    )
+  )
+  return optax.chain(*parts)

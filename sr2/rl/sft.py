@@ -1,0 +1,137 @@
+"""Supervised warm start on trajectories: next-token loss on model-written tokens only.
+
+An example is the prompt followed by the response segments exactly as a rollout would
+produce them: each assistant turn and each observation tokenised on its own and
+concatenated, so a model trained here sees the token sequences it will meet when it
+samples. The loss mask is 1 on assistant turns and 0 on the prompt and observations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sr2.models import transformer
+from sr2.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """Token ids and a 0/1 mask of the same length (1 = the model should write this token)."""
+
+  ids: tuple[int, ...]
+  mask: tuple[int, ...]
+
+
+def example_from_segments(
+  prompt_ids: Sequence[int], segments: Sequence[tuple[Sequence[int], bool]]
+) -> Example:
+  """Prompt (mask 0) followed by (ids, model_written) segments."""
+  ids, mask = list(prompt_ids), [0] * len(prompt_ids)
+  for seg, model_written in segments:
+    ids.extend(seg)
+    mask.extend([int(model_written)] * len(seg))
+  return Example(tuple(ids), tuple(mask))
+
+
+def trajectory_example(
+  prompt_ids: Sequence[int], steps: Sequence[tuple[str, str | None]], tokenizer
+) -> Example:
+  """An example from rendered steps: (assistant text, observation text or None) pairs."""
+  segments = []
+  for assistant, observation in steps:
+    segments.append((tokenizer.encode(assistant), True))
+    if observation is not None:
+      segments.append((tokenizer.encode(observation), False))
+  return example_from_segments(prompt_ids, segments)
+
+
+def batch(examples: Sequence[Example], pad_id: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+  """Right-pads examples to `length`: tokens int32 [B, length], mask int32 [B, length]."""
+  tokens = np.full((len(examples), length), pad_id, np.int32)
+  mask = np.zeros((len(examples), length), np.int32)
+  for i, ex in enumerate(examples):
+    if len(ex.ids) > length:
+      raise ValueError(f"example {i} has {len(ex.ids)} tokens; the batch length is {length}")
+    tokens[i, : len(ex.ids)] = ex.ids
+    mask[i, : len(ex.mask)] = ex.mask
+  return tokens, mask
+
+
+def token_logprobs(config: ModelConfig, params, tokens_BxT: jax.Array) -> jax.Array:
+  """log p(tokens[:, t] | tokens[:, :t]) for t >= 1, float32 [B, T-1]."""
+  logits = transformer.forward(config, params, tokens_BxT[:, :-1])
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return jnp.take_along_axis(logp, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+
+
+def sft_loss(config: ModelConfig, params, tokens_BxT: jax.Array, mask_BxT: jax.Array):
+  """Mean negative log-likelihood over masked target tokens.
+
+  loss = -sum_{b,t} m[b,t] log p(x[b,t] | x[b,<t]) / sum m,  t >= 1.
+  """
+  logp = token_logprobs(config, params, tokens_BxT)
+  m = mask_BxT[:, 1:].astype(jnp.float32)
+  n = jnp.maximum(m.sum(), 1.0)
+  loss = -(logp * m).sum() / n
+  acc = (jnp.exp(logp) > 0.5).astype(jnp.float32)  # greedy-correct whenever p > .5
+  return loss, {"sft_loss": loss, "sft_tokens": m.sum(), "sft_token_acc_p>0.5": (acc * m).sum() / n}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
+def sft_step(
+  config: ModelConfig,
+  optimizer: optax.GradientTransformation,
+  params,
+  opt_state,
+  tokens_BxT,
+  mask_BxT,
+):
+  """One jitted AdamW step on `sft_loss`; params and optimizer state are donated."""
+  (_, metrics), grads = jax.value_and_grad(sft_loss, argnums=1, has_aux=True)(
+    config, params, tokens_BxT, mask_BxT
+  )
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  return params, opt_state, {**metrics, "grad_norm": optax.tree.norm(grads)}
+
+
+def run_sft(
+  config: ModelConfig,
+  params,
+  optimizer: optax.GradientTransformation,
+  examples: Sequence[Example],
+  *,
+  steps: int,
+  batch_size: int,
+  pad_id: int,
+  seed: int = 0,
+  buckets: Sequence[int] = (128, 256, 384, 512, 768, 1024),
+  log: Callable[[int, dict], None] | None = None,
+):
+  """Trains for `steps` steps on shuffled epochs of `examples`; returns (params, opt_state)."""
+  if not examples:
+    raise ValueError("no SFT examples")
+  opt_state = optimizer.init(params)
+  rng = np.random.default_rng(seed)
+  order: list[int] = []
+  for step in range(steps):
+    if len(order) < batch_size:
+      order.extend(rng.permutation(len(examples)).tolist())
+    idx, order = order[:batch_size], order[batch_size:]
+    chosen = [examples[i] for i in idx]
+    longest = max(len(e.ids) for e in chosen)
+    length = next((b for b in buckets if b >= longest), longest)
+    tokens, mask = batch(chosen, pad_id, length)
+    params, opt_state, metrics = sft_step(
+      config, optimizer, params, opt_state, jnp.asarray(tokens), jnp.asarray(mask)
+    )
+    if log is not None:
+      log(step, metrics)
+  return params, opt_state
