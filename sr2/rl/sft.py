@@ -19,6 +19,7 @@ import optax
 
 from sr2.models import transformer
 from sr2.models.config import ModelConfig
+from sr2.rl import grpo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +68,7 @@ def batch(examples: Sequence[Example], pad_id: int, length: int) -> tuple[np.nda
 def token_logprobs(config: ModelConfig, params, tokens_BxT: jax.Array) -> jax.Array:
   """log p(tokens[:, t] | tokens[:, :t]) for t >= 1, float32 [B, T-1]."""
   logits = transformer.forward(config, params, tokens_BxT[:, :-1])
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return jnp.take_along_axis(logp, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+  return grpo.token_logprobs(logits, tokens_BxT[:, 1:])
 
 
 def sft_loss(config: ModelConfig, params, tokens_BxT: jax.Array, mask_BxT: jax.Array):

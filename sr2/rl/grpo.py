@@ -1,0 +1,279 @@
+"""GRPO math (PAPER.md §2.3, Eq. 2): group advantages, clipped surrogate, k3 KL, entropy.
+
+Small pure jnp functions, all jit-able. Shapes: B sequences, T tokens, V vocab, G group
+size. Masks are 0/1 (any nonzero counts as 1): 1 on tokens the model wrote, 0 on prompt,
+retrieved/feedback and padding tokens. Masked-out entries never reach a result or a
+gradient, even when they hold garbage (inf/NaN), because inputs are zeroed with
+`jnp.where` before any arithmetic.
+
+Batch layout for advantages: rows b*G .. b*G+G-1 are the G samples of prompt b.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from sr2.configlib import ConfigError
+
+AGG_MODES = ("seq-mean-token-mean", "token-mean")
+KL_KINDS = ("k1", "k3")
+K3_CLAMP = 10.0  # verl's low_var_kl clamps the per-token k3 value to [-10, 10].
+_LOG_RATIO_CLAMP = 20.0  # exp(±20) stays finite in float32; verl clamps the same way.
+
+Metrics = dict[str, jax.Array]
+
+
+def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
+  """sum(x * m) over `axis`, ignoring masked entries even if they are not finite."""
+  return jnp.sum(jnp.where(mask != 0, x, 0), axis=axis)
+
+
+def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
+  """sum(x * m) / max(sum(m), 1): 0 (finite) where the mask is all zero."""
+  count = jnp.sum((mask != 0).astype(jnp.float32), axis=axis)
+  return masked_sum(x, mask, axis) / jnp.maximum(count, 1.0)
+
+
+def aggregate(loss_BxT: jax.Array, mask_BxT: jax.Array, agg: str) -> jax.Array:
+  """Reduces per-token values to a scalar.
+
+  seq-mean-token-mean (Eq. 2): (1/|S|) Σ_{i∈S} (1/L_i) Σ_t m_it x_it, S = rows with L_i > 0.
+  token-mean: Σ_it m_it x_it / Σ_it m_it.
+  """
+  if agg == "token-mean":
+    return masked_mean(loss_BxT, mask_BxT)
+  if agg == "seq-mean-token-mean":
+    seq_B = masked_mean(loss_BxT, mask_BxT, axis=-1)
+    has_tokens_B = jnp.any(mask_BxT != 0, axis=-1)
+    return masked_mean(seq_B, has_tokens_B)
+  raise ValueError(f"agg={agg!r}; expected one of {AGG_MODES}")
+
+
+def group_advantages(
+  rewards_B: jax.Array, group_size: int, *, eps: float = 1e-6, scale_by_std: bool = True
+) -> tuple[jax.Array, Metrics]:
+  """GRPO advantages, one per sequence, normalised within each prompt's group of G rows.
+
+  Â_i = (R_i − mean_g R) / (std_g R + eps)   (GRPO; scale_by_std=True)
+  Â_i =  R_i − mean_g R                      (Dr.GRPO; scale_by_std=False)
+
+  std is the *sample* std (ddof=1, Bessel-corrected), as verl's torch.std and TRL's
+  `.std()` compute it. A group whose rewards are all equal gets exactly 0.
+
+  Args:
+    rewards_B: [B] rewards, B = num_prompts * G, rows b*G..b*G+G-1 one prompt's group.
+    group_size: G >= 2 (static).
+    eps: added to the std.
+    scale_by_std: divide by the group std (GRPO) or not (Dr.GRPO).
+
+  Returns:
+    (advantages [B] float32, metrics).
+  """
+  if group_size < 2:
+    raise ValueError(f"group_size={group_size}; GRPO needs at least 2 samples per prompt")
+  (b,) = rewards_B.shape
+  if b % group_size:
+    raise ValueError(f"batch of {b} rewards is not a multiple of group_size={group_size}")
+  r_NxG = rewards_B.astype(jnp.float32).reshape(-1, group_size)
+  mean_N1 = jnp.mean(r_NxG, axis=1, keepdims=True)
+  std_N1 = jnp.std(r_NxG, axis=1, keepdims=True, ddof=1)
+  adv_NxG = r_NxG - mean_N1
+  if scale_by_std:
+    adv_NxG = adv_NxG / (std_N1 + eps)
+  # Exact zero for all-equal groups: a rounded mean would otherwise leave ~ulp/eps noise.
+  flat_N1 = jnp.max(r_NxG, axis=1, keepdims=True) == jnp.min(r_NxG, axis=1, keepdims=True)
+  adv_NxG = jnp.where(flat_N1, 0.0, adv_NxG)
+  metrics = {
+    "reward_mean": jnp.mean(r_NxG),
+    "reward_min": jnp.min(r_NxG),
+    "reward_max": jnp.max(r_NxG),
+    "reward_group_std": jnp.mean(std_N1),
+    "frac_flat_groups": jnp.mean(flat_N1.astype(jnp.float32)),
+  }
+  return adv_NxG.reshape(b), metrics
+
+
+def policy_loss(
+  logp_BxT: jax.Array,
+  old_logp_BxT: jax.Array,
+  adv_B: jax.Array,
+  mask_BxT: jax.Array,
+  *,
+  clip_eps: float = 0.2,
+  clip_eps_high: float | None = None,
+  agg: str = "seq-mean-token-mean",
+) -> tuple[jax.Array, Metrics]:
+  """PPO clipped surrogate with one advantage per sequence (Eq. 2 without the KL term).
+
+  r_it = exp(logp_it − old_logp_it)
+  ℓ_it = −min(r_it Â_i, clip(r_it, 1−ε, 1+ε_high) Â_i),  ε_high = ε unless given
+  loss = aggregate(ℓ, m, agg)
+
+  Metrics: clip_frac = fraction of masked tokens where the clipped term is the smaller
+  (the gradient is cut there); approx_kl = masked mean of k3 = (r−1) − log r, which
+  estimates KL(π_old ‖ π_θ) on samples from π_old; ratio mean/min/max over masked tokens
+  (1 when there are none); adv mean/std over rows with at least one masked token.
+  old_logp and adv are treated as constants (stop_gradient).
+  """
+  eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+  m = mask_BxT != 0
+  logp = jnp.where(m, logp_BxT.astype(jnp.float32), 0.0)
+  old = jnp.where(m, jax.lax.stop_gradient(old_logp_BxT).astype(jnp.float32), 0.0)
+  adv_Bx1 = jax.lax.stop_gradient(adv_B).astype(jnp.float32)[:, None]
+  log_ratio = jnp.clip(logp - old, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+  ratio = jnp.exp(log_ratio)
+  unclipped = ratio * adv_Bx1
+  clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + eps_high) * adv_Bx1
+  loss_BxT = -jnp.minimum(unclipped, clipped)
+  loss = aggregate(loss_BxT, m, agg)
+
+  has_tokens_B = jnp.any(m, axis=-1)
+  any_token = jnp.any(m)
+  adv_mean = masked_mean(adv_B, has_tokens_B)
+  adv_var = masked_mean(jnp.square(adv_B - adv_mean), has_tokens_B)
+  metrics = {
+    "pg_loss": loss,
+    "clip_frac": masked_mean((clipped < unclipped).astype(jnp.float32), m),
+    "approx_kl": masked_mean(ratio - 1.0 - log_ratio, m),
+    "ratio_mean": jnp.where(any_token, masked_mean(ratio, m), 1.0),
+    "ratio_min": jnp.where(any_token, jnp.min(jnp.where(m, ratio, jnp.inf)), 1.0),
+    "ratio_max": jnp.where(any_token, jnp.max(jnp.where(m, ratio, -jnp.inf)), 1.0),
+    "adv_mean": adv_mean,
+    "adv_std": jnp.sqrt(adv_var),
+  }
+  return loss, metrics
+
+
+def kl_penalty(
+  logp_BxT: jax.Array,
+  ref_logp_BxT: jax.Array,
+  mask_BxT: jax.Array,
+  *,
+  kind: str = "k3",
+  agg: str = "seq-mean-token-mean",
+) -> tuple[jax.Array, Metrics]:
+  """Per-token estimate of KL(π_θ ‖ π_ref), aggregated like the policy loss.
+
+  k3 ("low_var_kl"): d = ref − logp (clamped to ±20), kl = clip(exp(d) − d − 1, −10, 10)
+  k1:                kl = logp − ref
+  The ±10 clamp is verl's (K3_CLAMP); k3 >= 0, so only the upper bound ever acts, and it
+  zeroes the gradient of tokens whose KL already exceeds 10. ref_logp is a constant.
+  """
+  m = mask_BxT != 0
+  logp = jnp.where(m, logp_BxT.astype(jnp.float32), 0.0)
+  ref = jnp.where(m, jax.lax.stop_gradient(ref_logp_BxT).astype(jnp.float32), 0.0)
+  if kind == "k3":
+    d = jnp.clip(ref - logp, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    kl_BxT = jnp.clip(jnp.exp(d) - d - 1.0, -K3_CLAMP, K3_CLAMP)
+  elif kind == "k1":
+    kl_BxT = logp - ref
+  else:
+    raise ValueError(f"kind={kind!r}; expected one of {KL_KINDS}")
+  loss = aggregate(kl_BxT, m, agg)
+  kl_max = jnp.where(jnp.any(m), jnp.max(jnp.where(m, kl_BxT, -jnp.inf)), 0.0)
+  return loss, {"kl_loss": loss, "kl_max": kl_max}
+
+
+def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  """log softmax(logits)[target] in float32: logits_y − logsumexp(logits).
+
+  logits[:, t] must be the prediction for targets[:, t] (shift before calling).
+  """
+  logits = logits_BxTxV.astype(jnp.float32)
+  picked_BxT = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
+  return picked_BxT - jax.nn.logsumexp(logits, axis=-1)
+
+
+def entropy_from_logits(logits_BxTxV: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+  """Masked token-mean of H_t = −Σ_v p_v log p_v, p = softmax(logits) in float32.
+
+  Terms with p_v = 0 (e.g. −inf logits) contribute 0 and no NaN gradient; masked rows
+  are zeroed first so their logits cannot leak NaN into the gradient.
+  """
+  logits = jnp.where(mask_BxT[..., None] != 0, logits_BxTxV.astype(jnp.float32), 0.0)
+  logp_BxTxV = jax.nn.log_softmax(logits, axis=-1)
+  p_BxTxV = jnp.exp(logp_BxTxV)
+  safe_logp = jnp.where(p_BxTxV > 0, logp_BxTxV, 0.0)
+  h_BxT = -jnp.sum(p_BxTxV * safe_logp, axis=-1)
+  return masked_mean(h_BxT, mask_BxT)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  """GRPO hyperparameters (PAPER.md §4; ε is not reported, verl's default 0.2)."""
+
+  group_size: int = 5  # G rollouts per prompt
+  clip_eps: float = 0.2  # lower (and default upper) clip range ε
+  clip_eps_high: float | None = None  # DAPO-style upper range; None = clip_eps
+  kl_coef: float = 0.001  # β on the KL loss term (not in the reward)
+  kl_kind: str = "k3"  # "k3" (verl low_var_kl) | "k1"
+  loss_agg: str = "seq-mean-token-mean"  # Eq. 2 | "token-mean"
+  scale_by_std: bool = True  # False = Dr.GRPO advantages
+  adv_eps: float = 1e-6  # added to the group std
+  entropy_coef: float = 0.0  # paper: entropy bonus disabled
+
+  def __post_init__(self):
+    g = self.group_size
+    if not isinstance(g, int) or isinstance(g, bool) or g < 2:
+      raise ConfigError(f"rl.group_size={g!r}; expected an integer >= 2")
+    if not 0 < self.clip_eps < 1:
+      raise ConfigError(f"rl.clip_eps={self.clip_eps}; expected 0 < clip_eps < 1")
+    if self.clip_eps_high is not None and not self.clip_eps_high > 0:
+      raise ConfigError(f"rl.clip_eps_high={self.clip_eps_high}; expected > 0 or None")
+    if not self.kl_coef >= 0:
+      raise ConfigError(f"rl.kl_coef={self.kl_coef}; expected >= 0")
+    if self.kl_kind not in KL_KINDS:
+      raise ConfigError(f"rl.kl_kind={self.kl_kind!r}; expected one of {KL_KINDS}")
+    if self.loss_agg not in AGG_MODES:
+      raise ConfigError(f"rl.loss_agg={self.loss_agg!r}; expected one of {AGG_MODES}")
+    if not self.adv_eps > 0:
+      raise ConfigError(f"rl.adv_eps={self.adv_eps}; expected > 0")
+    if not self.entropy_coef >= 0:
+      raise ConfigError(f"rl.entropy_coef={self.entropy_coef}; expected >= 0")
+
+
+def grpo_loss(
+  logp_BxT: jax.Array,
+  old_logp_BxT: jax.Array,
+  ref_logp_BxT: jax.Array | None,
+  adv_B: jax.Array,
+  mask_BxT: jax.Array,
+  config: GRPOConfig,
+  *,
+  entropy: jax.Array | None = None,
+) -> tuple[jax.Array, Metrics]:
+  """Negated Eq. 2: loss = L_clip + β · KL(π_θ ‖ π_ref) − c_ent · H.
+
+  ref_logp may be None only when config.kl_coef == 0 (no reference forward pass).
+  `entropy` is a scalar from `entropy_from_logits` (it needs the full logits, which this
+  function does not see); it enters the loss only if entropy_coef > 0, and is logged
+  whenever given.
+  """
+  loss, metrics = policy_loss(
+    logp_BxT,
+    old_logp_BxT,
+    adv_B,
+    mask_BxT,
+    clip_eps=config.clip_eps,
+    clip_eps_high=config.clip_eps_high,
+    agg=config.loss_agg,
+  )
+  if ref_logp_BxT is not None:
+    kl, kl_metrics = kl_penalty(
+      logp_BxT, ref_logp_BxT, mask_BxT, kind=config.kl_kind, agg=config.loss_agg
+    )
+    loss = loss + config.kl_coef * kl
+    metrics |= kl_metrics
+  elif config.kl_coef > 0:
+    raise ValueError(f"kl_coef={config.kl_coef} > 0 needs ref_logp")
+  if entropy is not None:
+    metrics["entropy"] = entropy
+    if config.entropy_coef > 0:
+      loss = loss - config.entropy_coef * entropy
+  elif config.entropy_coef > 0:
+    raise ValueError(f"entropy_coef={config.entropy_coef} > 0 needs entropy")
+  metrics["loss"] = loss
+  return loss, metrics
