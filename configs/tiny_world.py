@@ -1,0 +1,99 @@
+"""The embedded default: a tiny model learns to search the synthetic world (SFT, then GRPO).
+
+  python experiments/train.py --config configs/tiny_world.py --workdir /tmp/tiny_world
+  python experiments/train.py --config configs/tiny_world.py:smoke --workdir /tmp/smoke
+
+`:smoke` is a minutes-long run of every phase at toy sizes (what the tests run).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "default") -> ml_collections.ConfigDict:
+  if arg not in ("default", "smoke"):
+    raise ValueError(f"unknown variant {arg!r}; expected default or smoke")
+  smoke = arg == "smoke"
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # seeds init, data order and sampling
+  c.model = ml_collections.ConfigDict(
+    dict(
+      arch="llama",  # decoder family
+      d_model=128,  # residual width
+      n_layers=4,  # decoder blocks
+      n_heads=4,  # query heads
+      n_kv_heads=2,  # key/value heads
+      head_dim=32,  # width of one head
+      d_ff=384,  # SwiGLU hidden width
+      rope_theta=10000.0,  # RoPE base
+      max_seq_len=2048,  # longest position used
+      dtype="float32",  # params dtype
+    )
+  )
+  c.data = ml_collections.ConfigDict(
+    dict(
+      world=ml_collections.ConfigDict(
+        dict(
+          seed=0,  # world generator seed
+          questions_per_hop=(40, 40, 40) if smoke else (600, 600, 600),  # 1-, 2-, 3-hop questions
+        )
+      ),
+      vocab_size=1024 if smoke else 2048,  # BPE vocabulary trained on the world's text
+      tokenizer_gold_texts=50 if smoke else 300,  # rendered gold trajectories in tokenizer text
+    )
+  )
+  c.rollout = ml_collections.ConfigDict(
+    dict(
+      max_turns=4,  # assistant turns (the paper's B = 4)
+      max_turn_tokens=48,  # new tokens per turn; world turns are ~20 tokens
+      top_k=3,  # passages per search
+      max_obs_tokens=200,  # cap on one observation's documents, tokens
+      invalid_feedback=True,  # feedback after an invalid turn
+    )
+  )
+  c.sft = ml_collections.ConfigDict(
+    dict(
+      steps=4 if smoke else 300,  # warm-start steps
+      batch_size=4 if smoke else 16,  # trajectories per step
+    )
+  )
+  c.sft_opt = ml_collections.ConfigDict(
+    dict(
+      lr=3e-3,  # AdamW peak learning rate of the warm start
+      warmup_steps=2 if smoke else 20,  # linear warmup steps
+      weight_decay=0.0,  # decoupled weight decay
+    )
+  )
+  c.rl = ml_collections.ConfigDict(
+    dict(
+      steps=2 if smoke else 100,  # GRPO steps
+      prompts_per_step=2 if smoke else 8,  # B questions per step
+      temperature=1.0,  # rollout temperature
+      max_len=1024,  # sampler row capacity, tokens
+      checkpoint_every=1 if smoke else 25,  # steps between checkpoints
+      log_every=1,  # steps between metric lines
+    )
+  )
+  c.grpo = ml_collections.ConfigDict(
+    dict(
+      group_size=4 if smoke else 5,  # G rollouts per question (paper: 5)
+      clip_eps=0.2,  # PPO clip range
+      kl_coef=0.001,  # KL to the SFT reference (paper: 0.001)
+      loss_agg="seq-mean-token-mean",  # Eq. 2 aggregation
+    )
+  )
+  c.opt = ml_collections.ConfigDict(
+    dict(
+      lr=1e-4,  # GRPO AdamW learning rate (tiny model; the paper's 1e-6 is for 7B)
+      warmup_steps=0 if smoke else 10,  # linear warmup steps
+      weight_decay=0.0,  # decoupled weight decay
+    )
+  )
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # device mesh axes
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      split="test",  # world split evaluated before and after RL
+      limit=8 if smoke else 0,  # first N questions; 0 = all
+      batch_size=64,  # rows per rollout call
+    )
+  )
+  return c

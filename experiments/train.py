@@ -1,0 +1,22 @@
+"""Train: `python experiments/train.py --config configs/tiny_world.py --workdir DIR`."""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from sr2.rl.trainer import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Output directory (resumes if it has a checkpoint).", required=True
+)
+
+
+def main(argv):
+  del argv
+  print(json.dumps(train_and_evaluate(_CONFIG.value, _WORKDIR.value), indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)
