@@ -93,6 +93,11 @@ class Tokenizer:
       tok.chat_template = metadata["tokenizer.chat_template"]
     return cls(tok)
 
+  @property
+  def hf(self):
+    """The underlying transformers fast tokenizer (for vocabulary-level work)."""
+    return self._tok
+
   def save(self, path: str | os.PathLike) -> None:
     """Writes tokenizer.json, tokenizer_config.json and the chat template to `path`."""
     self._tok.save_pretrained(str(path))

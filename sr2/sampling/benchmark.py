@@ -59,8 +59,14 @@ def measure_ceilings() -> dict:
 def decode_cost(config, batch: int, cache_len: int) -> tuple[float, float]:
   """(FLOPs, bytes read) of one decode step over the whole batch."""
   itemsize = jnp.dtype(config.dtype).itemsize
-  d, h, k, dh, f, v = (config.d_model, config.n_heads, config.n_kv_heads, config.head_dim,
-                       config.d_ff, config.vocab_size)
+  d, h, k, dh, f, v = (
+    config.d_model,
+    config.n_heads,
+    config.n_kv_heads,
+    config.head_dim,
+    config.d_ff,
+    config.vocab_size,
+  )
   per_layer_w = d * h * dh * 2 + 2 * d * k * dh + 3 * d * f
   weights = config.n_layers * per_layer_w + d * v  # matmul weights + output head
   attn_flops = config.n_layers * batch * 4 * cache_len * h * dh
@@ -69,10 +75,19 @@ def decode_cost(config, batch: int, cache_len: int) -> tuple[float, float]:
   return float(flops), float(weights * itemsize + kv_bytes)
 
 
-def sampler_rows(model, batch: int, prompt_len: int, new_tokens: int, ignore_stop: bool,
-                 repeats: int, ceilings: dict) -> dict:
+def sampler_rows(
+  model,
+  batch: int,
+  prompt_len: int,
+  new_tokens: int,
+  ignore_stop: bool,
+  repeats: int,
+  ceilings: dict,
+) -> dict:
   from sr2.sampling import Greedy, Sampler, SamplingConfig
 
+  if model.tokenizer is None:
+    raise ValueError(f"model {model.source!r} has no tokenizer; the sampler benchmark needs one")
   prompt = (model.tokenizer.encode(_PROMPT_TEXT) * 8)[:prompt_len]
   max_len = prompt_len + new_tokens
   stop_kw = dict(stop_strings=(), stop_on_eos=False) if ignore_stop else {}
@@ -87,14 +102,23 @@ def sampler_rows(model, batch: int, prompt_len: int, new_tokens: int, ignore_sto
   t_total, times = _median_time(lambda: run().tokens, repeats)
   t_prefill, _ = _median_time(prefill, repeats)
   out = np.asarray(state.tokens[0, prompt_len:max_len]).tolist()
+  # Rows that stop early (stops on) generate fewer tokens: count what was generated.
+  generated = int(np.sum(np.asarray(state.lengths) - prompt_len))
+  steps = int(np.max(np.asarray(state.lengths)) - prompt_len)
   decode_s = max(t_total - t_prefill, 1e-9)
-  flops, bytes_ = decode_cost(model.config, batch, max_len)
-  step_s = decode_s / new_tokens
+  flops, bytes_ = decode_cost(model.config, batch, s.attention_span(max_len))
+  step_s = decode_s / max(steps, 1)
   return {
-    "benchmark": "sampler", "impl": "sr2", "model": model.source, "batch": batch,
-    "prompt_len": prompt_len, "new_tokens": new_tokens, "ignore_stop": ignore_stop,
-    "tokens_per_s": round(batch * new_tokens / t_total, 2),
-    "decode_tokens_per_s": round(batch * new_tokens / decode_s, 2),
+    "benchmark": "sampler",
+    "impl": "sr2",
+    "model": model.source,
+    "batch": batch,
+    "prompt_len": prompt_len,
+    "new_tokens": new_tokens,
+    "ignore_stop": ignore_stop,
+    "generated_tokens": generated,
+    "tokens_per_s": round(generated / t_total, 2),
+    "decode_tokens_per_s": round(generated / decode_s, 2),
     "seconds": [round(x, 3) for x in times],
     "prefill_s": round(t_prefill, 4),
     "first_call_s": round(first_call, 2),
@@ -122,8 +146,9 @@ def hf_rows(model_name: str, prompt: list[int], batch: int, new_tokens: int, rep
     str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
   ).eval()
   ids = torch.tensor([prompt] * batch)
-  gen = lambda: hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                            do_sample=False, use_cache=True)
+  gen = lambda: hf.generate(
+    ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True
+  )
   with torch.no_grad():
     start = time.perf_counter()
     out = gen()
@@ -135,10 +160,16 @@ def hf_rows(model_name: str, prompt: list[int], batch: int, new_tokens: int, rep
       times.append(time.perf_counter() - start)
   t = statistics.median(times)
   return {
-    "benchmark": "sampler", "impl": "hf_transformers", "model": model_name, "batch": batch,
-    "prompt_len": len(prompt), "new_tokens": new_tokens,
-    "tokens_per_s": round(batch * new_tokens / t, 2), "seconds": [round(x, 3) for x in times],
-    "first_call_s": round(first, 2), "generated": out[0, len(prompt) :].tolist(),
+    "benchmark": "sampler",
+    "impl": "hf_transformers",
+    "model": model_name,
+    "batch": batch,
+    "prompt_len": len(prompt),
+    "new_tokens": new_tokens,
+    "tokens_per_s": round(batch * new_tokens / t, 2),
+    "seconds": [round(x, 3) for x in times],
+    "first_call_s": round(first, 2),
+    "generated": out[0, len(prompt) :].tolist(),
   }
 
 
@@ -149,15 +180,26 @@ def sampler_benchmark(argv: Sequence[str] | None = None) -> list[dict]:
   args = _parser().parse_args(list(argv) if argv is not None else [])
   ceilings = (
     {"peak_flops": args.peak_flops, "peak_bytes_per_s": args.peak_bandwidth}
-    if args.peak_flops and args.peak_bandwidth else measure_ceilings()
+    if args.peak_flops and args.peak_bandwidth
+    else measure_ceilings()
   )
-  print(json.dumps({"benchmark": "ceilings", **{k: round(v / 1e9, 1) for k, v in ceilings.items()},
-                    "units": "GFLOP/s, GB/s", "devices": str(jax.devices())}), flush=True)
+  print(
+    json.dumps(
+      {
+        "benchmark": "ceilings",
+        **{k: round(v / 1e9, 1) for k, v in ceilings.items()},
+        "units": "GFLOP/s, GB/s",
+        "devices": str(jax.devices()),
+      }
+    ),
+    flush=True,
+  )
   model = models.load(args.model, dtype=args.dtype)
   rows = []
   for batch in (int(b) for b in args.batch.split(",")):
-    row = sampler_rows(model, batch, args.prompt_len, args.new_tokens, args.ignore_stop,
-                       args.repeats, ceilings)
+    row = sampler_rows(
+      model, batch, args.prompt_len, args.new_tokens, args.ignore_stop, args.repeats, ceilings
+    )
     if args.compare_hf:
       prompt = (model.tokenizer.encode(_PROMPT_TEXT) * 8)[: args.prompt_len]
       hf = hf_rows(args.model, prompt, batch, args.new_tokens, args.repeats)

@@ -317,8 +317,8 @@ class Sampler:
       rng=rng if rng is not None else jax.random.key(0),
     )
 
-  def _span(self, n: int) -> int:
-    """Cache slots to attend to when no position reaches `n`: a bucket, so few programs."""
+  def attention_span(self, n: int) -> int:
+    """Cache slots attended when no position reaches `n`: a bucket, so few programs."""
     return self._bucket(n)
 
   def _bucket(self, n: int) -> int:
@@ -357,7 +357,7 @@ class Sampler:
     arr = np.zeros((b, width), np.int32)
     for r, chunk in zip(rows, token_chunks, strict=True):
       arr[r, : len(chunk)] = chunk
-    span = self._span(int((lengths + chunk_len).max()))
+    span = self.attention_span(int((lengths + chunk_len).max()))
     self._shapes.add(("extend", b, width, span))
     return _extend(self.model, span, params, state, jnp.asarray(arr), jnp.asarray(chunk_len))
 
@@ -369,6 +369,8 @@ class Sampler:
     batch: int | None = None,
   ) -> SamplingState:
     """A fresh state with one prompt per row (rows beyond the prompts stay empty and done)."""
+    if not prompts:
+      raise ValueError("prefill needs at least one prompt")
     batch = batch or len(prompts)
     if len(prompts) > batch:
       raise ValueError(f"{len(prompts)} prompts for a batch of {batch}")
@@ -396,7 +398,7 @@ class Sampler:
     lengths, done = jax.device_get((state.lengths, state.done))
     live = lengths[~done]
     # Attend only as far as any live row can reach in this call.
-    span = self._span(int(live.max()) + max_new_tokens if live.size else 1)
+    span = self.attention_span(int(live.max()) + max_new_tokens if live.size else 1)
     self._shapes.add(("decode", state.batch, span))
     return _decode(
       self.model,

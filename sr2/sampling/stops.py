@@ -12,6 +12,7 @@ absorbing, so a match anywhere inside a token's bytes is seen.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ def token_bytes(tokenizer, vocab_size: int) -> list[bytes]:
   vocabularies ('▁' for space, <0xNN> byte tokens). Ids past the tokenizer's vocabulary
   (embedding padding) contribute nothing.
   """
-  hf = getattr(tokenizer, "_tok", tokenizer)
+  hf = getattr(tokenizer, "hf", tokenizer)
   n = min(len(hf), vocab_size)
   pieces = hf.convert_ids_to_tokens(list(range(n)))
   special = {int(i) for i in getattr(hf, "added_tokens_decoder", {})}
@@ -109,15 +110,17 @@ def build_stop_tables(pieces: Sequence[bytes], stop_strings: Sequence[str]) -> S
   return StopTables(tables, np.array([len(p) for p in patterns], np.int32), tuple(stop_strings))
 
 
-_TABLES: dict[tuple, StopTables] = {}
+# Per tokenizer object (weakly held, so a new tokenizer never inherits a dead one's tables).
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def stop_tables_for(tokenizer, vocab_size: int, stop_strings: Sequence[str]) -> StopTables:
   """`build_stop_tables` for a tokenizer, memoised per (tokenizer, vocab, strings)."""
-  key = (id(tokenizer), vocab_size, tuple(stop_strings))
-  if key not in _TABLES:
-    _TABLES[key] = build_stop_tables(token_bytes(tokenizer, vocab_size), stop_strings)
-  return _TABLES[key]
+  per_tokenizer = _TABLES.setdefault(tokenizer, {})
+  key = (vocab_size, tuple(stop_strings))
+  if key not in per_tokenizer:
+    per_tokenizer[key] = build_stop_tables(token_bytes(tokenizer, vocab_size), stop_strings)
+  return per_tokenizer[key]
 
 
 def match_text(pieces: Sequence[bytes], token_ids: Sequence[int], stop_strings: Sequence[str]):
