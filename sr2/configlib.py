@@ -29,8 +29,16 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
   raise ConfigError(f"expected a ConfigDict or mapping, got {type(cfg).__name__}")
 
 
-def check_keys(keys, allowed, where: str) -> None:
-  """Raises ConfigError naming each key of `keys` not in `allowed`, with a suggestion."""
+def check_keys(keys, allowed, where: str, required=()) -> None:
+  """Raises ConfigError naming each key of `keys` not in `allowed` (with a suggestion) and
+  each key of `required` that is missing."""
+  keys = list(keys)
+  missing = [k for k in required if k not in keys]
+  if missing:
+    raise ConfigError(
+      "; ".join(f"missing field '{where}.{k}'" for k in missing)
+      + " (start from a config in configs/ to see every field)"
+    )
   allowed = sorted(allowed)
   unknown = [k for k in keys if k not in allowed]
   if not unknown:

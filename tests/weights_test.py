@@ -23,7 +23,9 @@ def _byte_vocab():
   return list(bytes_to_unicode().values())
 
 
-def write_gguf(hf_model, path: pathlib.Path, quant=None, arch=None) -> pathlib.Path:
+def write_gguf(
+  hf_model, path: pathlib.Path, quant=None, arch=None, rope_scaling=None
+) -> pathlib.Path:
   """Writes `hf_model` as a GGUF file the way llama.cpp's converter lays it out."""
   import gguf
 
@@ -38,6 +40,10 @@ def write_gguf(hf_model, path: pathlib.Path, quant=None, arch=None) -> pathlib.P
   w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
   w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
   w.add_context_length(cfg.max_position_embeddings)
+  if cfg.model_type == "qwen3":
+    w.add_key_length(cfg.head_dim)
+  if rope_scaling:
+    w.add_rope_scaling_type(rope_scaling)
   # Byte-level BPE: 256 byte symbols, three merges, one special token (260 ids).
   tokens = _byte_vocab() + ["he", "ll", "llo", "<|endoftext|>"]
   w.add_tokenizer_model("gpt2")
@@ -73,7 +79,7 @@ def write_gguf(hf_model, path: pathlib.Path, quant=None, arch=None) -> pathlib.P
   return path
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_gguf_float32_matches_hf(arch, tmp_path, sr2_cache):
   hf = make_hf_model(arch, vocab_size=272)
   m = models.load(write_gguf(hf, tmp_path / "m.gguf"))
@@ -268,3 +274,41 @@ def test_preset_override_typo():
     models.preset("tiny", dmodel=3)
   with pytest.raises(ConfigError, match="unknown model preset"):
     models.preset("qwen9")
+
+
+def test_gguf_rope_scaling_rejected(tmp_path, sr2_cache):
+  import gguf
+
+  hf = make_hf_model("llama", vocab_size=272)
+  path = write_gguf(hf, tmp_path / "s.gguf", rope_scaling=gguf.RopeScalingType.YARN)
+  with pytest.raises(weights.WeightsError, match="unsupported RoPE scaling 'yarn'"):
+    models.load(path)
+
+
+def test_hf_dir_tokenizer_larger_than_vocab(saved_llama, tmp_path):
+  from sr2.testing import tiny_byte_tokenizer
+
+  _, path = saved_llama  # 128 embedding rows
+  tiny_byte_tokenizer().save(path)  # 298 ids
+  with pytest.raises(models.TokenizerError, match="tokenizer has 298 tokens"):
+    models.load(path)
+
+
+def test_missing_tie_flag_means_untied_as_in_hf(saved_llama):
+  _, path = saved_llama
+  cfg = json.loads((path / "config.json").read_text())
+  cfg.pop("tie_word_embeddings")
+  (path / "config.json").write_text(json.dumps(cfg))
+  # The checkpoint was saved tied (no lm_head.weight): read as untied, it lacks the head.
+  with pytest.raises(weights.WeightsError, match="lacks 1 tensors"):
+    models.load(path)
+
+
+def test_missing_config_group_is_named():
+  import ml_collections
+
+  from sr2.configlib import check_keys
+
+  cfg = ml_collections.ConfigDict({"model": {}})
+  with pytest.raises(ConfigError, match="missing field 'config.sampling'"):
+    check_keys(cfg.keys(), ("model", "sampling"), "config", required=("model", "sampling"))

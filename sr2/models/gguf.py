@@ -84,6 +84,9 @@ def _config_from_gguf(meta: Mapping[str, Any], vocab_size: int, tied: bool) -> M
       f"unsupported GGUF architecture {arch!r}; sr2 supports llama, qwen2 and qwen3"
     )
   g = lambda key, default=None: meta.get(f"{arch}.{key}", default)
+  scaling = g("rope.scaling.type")
+  if scaling not in (None, "none"):
+    raise WeightsError(f"unsupported RoPE scaling {scaling!r}; only unscaled RoPE is implemented")
   d, n_heads = int(g("embedding_length")), int(g("attention.head_count"))
   return ModelConfig(
     arch=arch,

@@ -85,7 +85,7 @@ def config_from_hf(cfg: Mapping[str, Any], dtype: str = "float32") -> ModelConfi
     norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
     qkv_bias=arch == "qwen2",
     qk_norm=arch == "qwen3",
-    tie_embeddings=bool(cfg.get("tie_word_embeddings", arch != "qwen2")),
+    tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),  # HF's default when absent
     max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
     dtype=dtype,
   )
