@@ -16,7 +16,7 @@ _FIELDS = ("model", "sampling", "max_new_tokens", "system_prompt", "seed")
 
 def ask(config: Any, question: str) -> dict:
   """Answers `question` with the model and sampling of `config` (see configs/ask.py)."""
-  check_keys(config.keys(), _FIELDS, "config")  # typos fail before anything loads
+  check_keys(config.keys(), _FIELDS, "config", required=_FIELDS)  # fail before loading
   spec = from_config(models.ModelSpec, config.model, "config.model")
   sampling = sampling_config(config.sampling)
   if not isinstance(question, str) or not question.strip():

@@ -59,6 +59,7 @@ RECORD_KEYS = {
   "response",
 }
 ROW_KEYS = {
+  "finish",
   "dataset",
   "method",
   "n",
@@ -127,6 +128,7 @@ def test_scripted_metrics_and_files(data_root, tmp_path):
   rows = {r["method"]: r for r in result.rows}
   assert list(rows) == ["direct", "cot", "rag", "agent"]
   assert all(set(r) == ROW_KEYS and r["n"] == 3 for r in rows.values())
+  assert all(sum(r["finish"].values()) == 3 for r in rows.values())
   # direct: "Brezum" (EM 1, F1 1); "Kelt Land" vs "Kelt" (EM 0, F1 = 2PR/(P+R) with P=1/2,
   # R=1 -> 2/3); fallback "Nothing" (0, 0). EM = 1/3, F1 = (1 + 2/3 + 0)/3 = 5/9.
   assert rows["direct"]["em"] == pytest.approx(1 / 3, abs=1e-4)

@@ -67,7 +67,7 @@ def test_invalid_turn_gets_feedback_and_eos_ends():
   a, b, c = out
   assert a.finish == "answer" and a.invalid_turns == 1 and "invalid" in a.response
   assert b.finish == "eos" and b.num_turns == 1 and b.loss_mask == [1]
-  assert c.finish == "max_turns" and c.invalid_turns == 1 and c.answer is None
+  assert c.finish == "max_turns" and c.invalid_turns == 2 and c.answer is None  # both turns
 
 
 def test_context_overflow_finishes_the_row_and_others_go_on():
@@ -148,3 +148,25 @@ def test_rollout_requires_protocol_stops():
   )
   with pytest.raises(ValueError, match="must stop on"):
     rollout(sampler, None, [[1]], ListRetriever(PASSAGES), RolloutConfig())
+
+
+def test_prompt_too_long_row_is_counted_and_batch_goes_on():
+  scripts = [["<answer> a </answer>"], ["<answer> b </answer>"]]
+  sampler = ScriptedSampler(TOK, scripts, max_len=64)
+  long_prompt, short = TOK.encode("x" * 200), TOK.encode("Q?")
+  a, b = rollout(sampler, None, [long_prompt, short], ListRetriever(PASSAGES), RolloutConfig())
+  assert a.finish == "prompt_too_long" and a.response_ids == [] and a.answer is None
+  assert b.finish == "answer" and b.answer == "b"
+
+
+def test_answer_comes_from_a_valid_answer_turn():
+  # Tags inside the answer make the turn invalid; its text must not become the answer.
+  scripts = [["<answer> Paris <search> </answer>", "<think>x</think>"]]
+  (t,) = rollout(
+    ScriptedSampler(TOK, scripts),
+    None,
+    [TOK.encode("Q")],
+    ListRetriever(PASSAGES),
+    RolloutConfig(max_turns=2),
+  )
+  assert t.finish == "max_turns" and t.answer is None and t.invalid_turns == 2

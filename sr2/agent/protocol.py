@@ -29,17 +29,8 @@ from sr2.data.prompts import (
   wrap_information,
 )
 from sr2.data.prompts import STOP_STRINGS as STOP_STRINGS  # re-exported: a turn ends at either
+from sr2.data.prompts import TAGS as TAGS  # re-exported
 
-TAGS = (
-  THINK_OPEN,
-  THINK_CLOSE,
-  SEARCH_OPEN,
-  SEARCH_CLOSE,
-  INFO_OPEN,
-  INFO_CLOSE,
-  ANSWER_OPEN,
-  ANSWER_CLOSE,
-)
 MAX_QUERY_CHARS = 512  # longer queries are cut to this many characters
 # `{reason}` is replaced by `Turn.error`.
 INVALID_ACTION_FEEDBACK = (

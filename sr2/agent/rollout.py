@@ -23,8 +23,8 @@ import numpy as np
 
 from sr2.agent import protocol
 from sr2.retrieval.corpus import format_documents
-from sr2.rewards.qa import extract_answer
 from sr2.sampling import Sampler, SamplingState
+from sr2.sampling.sampler import CONTEXT_FULL, EOS
 
 
 class Retriever(Protocol):
@@ -76,6 +76,7 @@ class Record:
   invalid_turns: int = 0
   turns: int = 0
   finish: str | None = None  # why the trajectory ended; None while it runs
+  answer: str | None = None  # the answer of a valid answer turn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Trajectory:
   queries: list[str]
   doc_ids: list[list[str]]
   response: str
-  answer: str | None
+  answer: str | None  # from the turn that answered validly; None if none did
   finish: str
   num_turns: int
   invalid_turns: int
@@ -107,11 +108,24 @@ class Trajectory:
 
 
 def start_rollout(
-  sampler: Sampler, params, prompts: Sequence[Sequence[int]], rng
+  sampler: Sampler, params, prompts: Sequence[Sequence[int]], rng, batch: int | None = None
 ) -> tuple[SamplingState, list[Record]]:
-  """Prefills the prompts; returns the state and fresh records."""
-  state = sampler.prefill(params, prompts, rng)
-  return state, [Record(prompt_len=len(p)) for p in prompts]
+  """Prefills the prompts (at a fixed `batch` size if given); returns state and records.
+
+  A prompt that leaves no room to generate is not run: its row gets a one-token stand-in,
+  its record is finished as "prompt_too_long", and the rest of the batch goes on.
+  """
+  capacity = sampler.config.max_len
+  records, fitted = [], []
+  for p in prompts:
+    rec = Record(prompt_len=len(p))
+    if len(p) == 0 or len(p) >= capacity:
+      rec.prompt_len, rec.finish = 1, "prompt_too_long"
+      p = [sampler.tokenizer.pad_id or 0]
+    records.append(rec)
+    fitted.append(p)
+  state = sampler.prefill(params, fitted, rng, batch=batch)
+  return state, records
 
 
 def continue_rollout(
@@ -142,19 +156,18 @@ def continue_rollout(
       rec.turns += 1
       turn = protocol.parse_turn(tok.decode(tokens[r, before[r] : lengths[r]].tolist()))
       code = int(finish[r])
+      rec.invalid_turns += turn.kind == "invalid"
       if turn.kind == "answer":
-        rec.finish = "answer"
-      elif code == 4:  # CONTEXT_FULL: no room left to continue
+        rec.finish, rec.answer = "answer", turn.answer
+      elif code == CONTEXT_FULL:  # no room left to continue
         rec.finish = "context_full"
       elif rec.turns >= config.max_turns:
         rec.finish = "max_turns"
       elif turn.kind == "search":
         searches.append((r, turn.query))
-      elif code == 1:  # EOS without an action: the model chose to stop
+      elif code == EOS:  # EOS without an action: the model chose to stop
         rec.finish = "eos"
-        rec.invalid_turns += 1
       else:
-        rec.invalid_turns += 1
         if config.invalid_feedback:
           feedback.append((r, protocol.invalid_action_feedback(turn)))
         else:
@@ -192,6 +205,8 @@ def finish_rollout(state: SamplingState, records: list[Record], tokenizer) -> li
   out = []
   for r, rec in enumerate(records):
     p, n = rec.prompt_len, int(lengths[r])
+    if rec.finish == "prompt_too_long":
+      n = p  # the stand-in row's output is not a response
     mask = np.zeros(n - p, np.int32)
     turn_ids = np.full(n - p, -1, np.int32)
     steps: list[tuple[int, int]] = []
@@ -215,7 +230,7 @@ def finish_rollout(state: SamplingState, records: list[Record], tokenizer) -> li
         queries=list(rec.queries),
         doc_ids=[list(d) for d in rec.doc_ids],
         response=response,
-        answer=extract_answer(response),
+        answer=rec.answer,
         finish=rec.finish or "running",
         num_turns=rec.turns,
         invalid_turns=rec.invalid_turns,
@@ -231,13 +246,18 @@ def rollout(
   retriever: Retriever,
   config: RolloutConfig,
   rng=None,
+  batch: int | None = None,
 ) -> list[Trajectory]:
-  """Runs the search agent on tokenised prompts and returns one trajectory per prompt."""
+  """Runs the search agent on tokenised prompts and returns one trajectory per prompt.
+
+  `batch` fixes the sampler's batch size (extra rows stay empty), so calls with fewer
+  prompts reuse the same compiled programs.
+  """
   if sampler.tokenizer is None:
     raise ValueError("the rollout needs a sampler with a tokenizer")
   missing = [s for s in protocol.STOP_STRINGS if s not in sampler.config.stop_strings]
   if missing:
     raise ValueError(f"the sampler must stop on {protocol.STOP_STRINGS}; missing {missing}")
-  state, records = start_rollout(sampler, params, prompts, rng)
+  state, records = start_rollout(sampler, params, prompts, rng, batch)
   state = continue_rollout(sampler, params, state, records, retriever, config)
   return finish_rollout(state, records, sampler.tokenizer)

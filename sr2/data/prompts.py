@@ -19,6 +19,16 @@ SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 INFO_OPEN, INFO_CLOSE = "<information>", "</information>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 STOP_STRINGS = (SEARCH_CLOSE, ANSWER_CLOSE)  # the Actor's turn ends at either
+TAGS = (
+  THINK_OPEN,
+  THINK_CLOSE,
+  SEARCH_OPEN,
+  SEARCH_CLOSE,
+  INFO_OPEN,
+  INFO_CLOSE,
+  ANSWER_OPEN,
+  ANSWER_CLOSE,
+)
 # Escaped forms keep retrieved text from opening or closing an observation early.
 _DEFUSED = {INFO_OPEN: "&lt;information&gt;", INFO_CLOSE: "&lt;/information&gt;"}
 

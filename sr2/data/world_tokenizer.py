@@ -15,16 +15,7 @@ from sr2.data import prompts
 from sr2.models.tokenizer import Tokenizer
 
 EOS, PAD = "<eos>", "<pad>"
-TAG_TOKENS = (
-  prompts.THINK_OPEN,
-  prompts.THINK_CLOSE,
-  prompts.SEARCH_OPEN,
-  prompts.SEARCH_CLOSE,
-  prompts.INFO_OPEN,
-  prompts.INFO_CLOSE,
-  prompts.ANSWER_OPEN,
-  prompts.ANSWER_CLOSE,
-)
+TAG_TOKENS = prompts.TAGS
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> Tokenizer:

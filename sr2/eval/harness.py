@@ -18,6 +18,7 @@ time of the first batch included.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import pathlib
 import time
@@ -101,7 +102,7 @@ class EvalConfig:
 
 def eval_config(config: Any) -> tuple[models.ModelSpec, EvalConfig]:
   """The typed `(ModelSpec, EvalConfig)` of an evaluation ConfigDict; unknown fields raise."""
-  check_keys(config.keys(), _GROUPS, "config")
+  check_keys(config.keys(), _GROUPS, "config", required=_GROUPS)
   spec = from_config(models.ModelSpec, config.model, "config.model")
   if "stop_strings" in config.sampling:
     raise ConfigError("config.sampling.stop_strings: the harness sets stop strings per method")
@@ -201,6 +202,8 @@ def summarize(dataset: str, method: str, records: Sequence[dict], wall_s: float)
     "mean_searches": mean("searches"),
     "mean_turns": mean("turns"),
     "mean_new_tokens": mean("new_tokens"),
+    # Why each question ended (answer, eos, max_turns, context_full, prompt_too_long, ...).
+    "finish": dict(collections.Counter(str(r.get("finish")) for r in records)),
     "wall_s": round(wall_s, 2),
   }
 

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sr2.agent import protocol
-from sr2.agent.rollout import Record, RolloutConfig, continue_rollout, finish_rollout
+from sr2.agent.rollout import RolloutConfig
+from sr2.agent.rollout import rollout as run_rollout
 from sr2.data import prompts
 from sr2.data.qa import QAExample
 from sr2.retrieval.corpus import format_documents
@@ -39,7 +40,7 @@ PROMPT_TOO_LONG = "prompt_too_long"  # finish of a question whose prompt fills t
 _THINK_BLOCK = re.compile(
   f"{re.escape(prompts.THINK_OPEN)}.*?(?:{re.escape(prompts.THINK_CLOSE)}|$)", re.S
 )
-_TAG = re.compile(r"</?(?:think|search|information|answer)>")
+_TAG = re.compile("|".join(re.escape(t) for t in prompts.TAGS))
 
 
 def stop_strings(method: str) -> tuple[str, ...]:
@@ -143,29 +144,21 @@ def run_agent(
 ) -> list[dict[str, Any]]:
   """One batch of the search agent (the rollout loop, prefilled at `batch_size` rows)."""
   tok = sampler.tokenizer
-  missing = [s for s in protocol.STOP_STRINGS if s not in sampler.config.stop_strings]
-  if missing:
-    raise ValueError(f"the agent's sampler must stop on {protocol.STOP_STRINGS}; missing {missing}")
   chat = _chat(tok)
   ids = [tok.encode(prompts.actor_prompt(ex.question, chat)) for ex in examples]
-  fits = [i for i, p in enumerate(ids) if len(p) < sampler.config.max_len]
-  base = {"searches": 0, "turns": 0, "new_tokens": 0, "response": "", "queries": [], "doc_ids": []}
-  out = [_too_long(base) for _ in examples]
-  if not fits:
-    return out
-  state = sampler.prefill(params, [ids[i] for i in fits], rng, batch=batch_size)
-  records = [Record(prompt_len=len(ids[i])) for i in fits]
-  state = continue_rollout(sampler, params, state, records, retriever, rollout)
-  for i, traj in zip(fits, finish_rollout(state, records, tok), strict=True):
-    out[i] = {
-      "prediction": traj.answer,
-      "fallback": False,
-      "searches": traj.num_searches,
-      "turns": traj.num_turns,
-      "new_tokens": int(sum(traj.loss_mask)),
-      "finish": traj.finish,
-      "response": traj.response,
-      "queries": list(traj.queries),
-      "doc_ids": [list(d) for d in traj.doc_ids],
-    }
+  out = []
+  for traj in run_rollout(sampler, params, ids, retriever, rollout, rng=rng, batch=batch_size):
+    out.append(
+      {
+        "prediction": traj.answer,
+        "fallback": False,
+        "searches": traj.num_searches,
+        "turns": traj.num_turns,
+        "new_tokens": int(sum(traj.loss_mask)),
+        "finish": traj.finish,
+        "response": traj.response,
+        "queries": list(traj.queries),
+        "doc_ids": [list(d) for d in traj.doc_ids],
+      }
+    )
   return out

@@ -27,10 +27,15 @@ import string
 import unicodedata
 from collections.abc import Iterable, Mapping
 
-_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
+from sr2.data.prompts import ANSWER_CLOSE as _ANSWER_CLOSE
+from sr2.data.prompts import ANSWER_OPEN as _ANSWER_OPEN
+from sr2.data.prompts import INFO_CLOSE, INFO_OPEN
+
 # A complete observation block, innermost: its body holds no other opening tag, so a stray
 # `<information>` written by the model cannot swallow the environment's block after it.
-_INFO_BLOCK = re.compile(r"<information>(?:(?!<information>).)*?</information>", re.S)
+_INFO_BLOCK = re.compile(
+  f"{re.escape(INFO_OPEN)}(?:(?!{re.escape(INFO_OPEN)}).)*?{re.escape(INFO_CLOSE)}", re.S
+)
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 _ASCII_PUNCT = frozenset(string.punctuation)
 # HotpotQA/FlashRAG convention: these answers get no partial F1 credit.

@@ -167,7 +167,7 @@ def load_state(config, workdir: str, step: int | None = None) -> dict:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the whole job (see the module docstring); returns the summary."""
-  check_keys(config.keys(), _GROUPS, "config")
+  check_keys(config.keys(), _GROUPS, "config", required=_GROUPS)
   rl_cfg = from_config(RLConfig, config.rl, "config.rl")
   sft_cfg = from_config(SFTConfig, config.sft, "config.sft")
   eval_cfg = from_config(EvalConfig, config.eval, "config.eval")
