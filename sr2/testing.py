@@ -122,7 +122,7 @@ class ScriptedSampler:
 
   def decode(self, params, state, max_new_tokens):
     from sr2.sampling import stops as stops_lib
-    from sr2.sampling.sampler import CONTEXT_FULL, EOS, MAX_NEW_TOKENS, STOP_STRING
+    from sr2.sampling.state import CONTEXT_FULL, EOS, MAX_NEW_TOKENS, STOP_STRING
 
     self.decode_calls += 1
     L = self.config.max_len

@@ -7,7 +7,17 @@ import pytest
 from conftest import make_hf_model
 
 from sr2 import models
-from sr2.sampling import Greedy, Sampler, SamplingConfig, Temperature, TopK, TopP, sampler, stops
+from sr2.sampling import (
+  Greedy,
+  Sampler,
+  SamplingConfig,
+  Temperature,
+  TopK,
+  TopP,
+  kernels,
+  sampler,
+  stops,
+)
 from sr2.testing import tiny_byte_tokenizer
 
 NO_STOP = dict(stop_strings=(), stop_on_eos=False)
@@ -216,7 +226,7 @@ def test_compile_budget_over_a_multi_turn_rollout(llama):
   _, m = llama
   s = Sampler(m.config, None, SamplingConfig(max_len=256, buckets=(16, 64, 256), **NO_STOP))
   rng = np.random.default_rng(5)
-  before = sampler._extend._cache_size() + sampler._decode._cache_size()
+  before = kernels.extend._cache_size() + kernels.decode._cache_size()
   for lens in [(3, 12, 7, 11), (30, 2, 9, 14), (5, 5, 60, 1)]:
     st = s.prefill(m.params, [rng.integers(0, 300, n).tolist() for n in lens])
     for turn in range(3):
@@ -225,7 +235,7 @@ def test_compile_budget_over_a_multi_turn_rollout(llama):
       st = s.append(m.params, st, rows, [rng.integers(0, 300, 3 + 7 * r).tolist() for r in rows])
     st = s.truncate(st, [0, 2], [4, 2])
     st = s.decode(m.params, st, 5)
-  compiled = sampler._extend._cache_size() + sampler._decode._cache_size() - before
+  compiled = kernels.extend._cache_size() + kernels.decode._cache_size() - before
   # 12 prefills/appends and 12 decodes of mixed lengths: extend programs are keyed by
   # (chunk bucket, span bucket) and decode by span bucket, 3 buckets each here; the
   # sampler's own count agrees with XLA's (truncate is the one program XLA counts apart).

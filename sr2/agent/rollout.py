@@ -24,7 +24,7 @@ import numpy as np
 from sr2.agent import protocol
 from sr2.retrieval.corpus import format_documents
 from sr2.sampling import Sampler, SamplingState
-from sr2.sampling.sampler import CONTEXT_FULL, EOS
+from sr2.sampling.state import CONTEXT_FULL, EOS
 
 
 class Retriever(Protocol):

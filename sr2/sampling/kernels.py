@@ -1,0 +1,146 @@
+"""The sampler's jitted kernels: extend (prefill/append), truncate and the decode loop.
+
+Each takes and returns a donated `SamplingState`; static arguments are the model config,
+the sampling config and the attention span, so programs are few and reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from sr2.models import transformer
+from sr2.models.config import ModelConfig
+from sr2.sampling import methods as methods_lib
+from sr2.sampling.state import (
+  CONTEXT_FULL,
+  EOS,
+  MAX_NEW_TOKENS,
+  RUNNING,
+  STOP_STRING,
+  SamplingConfig,
+  SamplingState,
+)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnames=("state",))
+def extend(model: ModelConfig, span: int, params, state: SamplingState, chunk_BxC, chunk_len_B):
+  b, c = chunk_BxC.shape
+  L = state.max_len
+  rows = jnp.arange(b)
+  old = state.lengths
+  new = old + chunk_len_B
+  t_C = jnp.arange(c)
+  write_at = jnp.where(t_C[None] < chunk_len_B[:, None], old[:, None] + t_C[None], L)
+  tokens = state.tokens.at[rows[:, None], write_at].set(chunk_BxC, mode="drop")
+  logprobs = state.logprobs.at[rows[:, None], write_at].set(0.0, mode="drop")
+  # Feed the old last token and all chunk tokens but the last.
+  feed_start = jnp.maximum(old - 1, 0)
+  pos_BxC = feed_start[:, None] + t_C[None]
+  feed_valid = (pos_BxC < new[:, None] - 1) & (chunk_len_B[:, None] > 0)
+  feed = jnp.take_along_axis(tokens, jnp.minimum(pos_BxC, L - 1), axis=1)
+  _, cache = transformer.forward_with_cache(
+    model, params, feed, jnp.minimum(pos_BxC, span - 1), state.cache, feed_valid, span
+  )
+  touched = chunk_len_B > 0
+  return dataclasses.replace(
+    state,
+    tokens=tokens,
+    logprobs=logprobs,
+    lengths=new,
+    done=jnp.where(touched, False, state.done),
+    finish=jnp.where(touched, RUNNING, state.finish),
+    stop_state=jnp.where(touched[:, None], 0, state.stop_state),
+    cache=cache,
+  )
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def truncate(state: SamplingState, new_len_B, mask_B):
+  lengths = jnp.where(mask_B, new_len_B, state.lengths)
+  keep = jnp.arange(state.max_len)[None] < lengths[:, None]
+  return dataclasses.replace(
+    state,
+    tokens=jnp.where(keep, state.tokens, 0),
+    logprobs=jnp.where(keep, state.logprobs, 0.0),
+    lengths=lengths,
+    done=jnp.where(mask_B, False, state.done),
+    finish=jnp.where(mask_B, RUNNING, state.finish),
+    stop_state=jnp.where(mask_B[:, None], 0, state.stop_state),
+  )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnames=("state",))
+def decode(
+  model: ModelConfig,
+  cfg: SamplingConfig,
+  span: int,
+  params,
+  state: SamplingState,
+  max_new,
+  next_state_SxQxV,
+  stop_len_S,
+  eos_ids,
+):
+  b, L = state.tokens.shape
+  rows = jnp.arange(b)
+  n_stop = stop_len_S.shape[0]
+  state = dataclasses.replace(
+    state, turn_start=jnp.where(state.done, state.turn_start, state.lengths)
+  )
+
+  def cond(carry):
+    st, i = carry
+    return (i < max_new) & jnp.any(~st.done)
+
+  def body(carry):
+    st, i = carry
+    active = ~st.done
+    pos = jnp.maximum(st.lengths - 1, 0)
+    cur = st.tokens[rows, pos]
+    logits, cache = transformer.forward_with_cache(
+      model, params, cur[:, None], pos[:, None], st.cache, active[:, None], span
+    )
+    rng, key = jax.random.split(st.rng)
+    tok, lp, raw = methods_lib.sample(cfg.method, logits[:, 0], key)
+    lp = raw if cfg.logprobs == "raw" else lp
+    at = jnp.where(active, st.lengths, L)
+    tokens = st.tokens.at[rows, at].set(tok, mode="drop")
+    logprobs = st.logprobs.at[rows, at].set(lp, mode="drop")
+    lengths = st.lengths + active.astype(jnp.int32)
+    if n_stop:
+      s_idx = jnp.arange(n_stop)[None]
+      stop_state = next_state_SxQxV[s_idx, st.stop_state, tok[:, None]]
+      hit_stop = jnp.any(stop_state == stop_len_S[None], axis=1)
+      stop_state = jnp.where(active[:, None], stop_state, st.stop_state)
+    else:
+      stop_state, hit_stop = st.stop_state, jnp.zeros((b,), bool)
+    hit_eos = (
+      jnp.any(tok[:, None] == eos_ids[None], axis=1) if cfg.stop_on_eos else hit_stop & False
+    )
+    full = lengths >= L
+    out_of_budget = lengths - st.turn_start >= max_new
+    reason = jnp.select(
+      [hit_eos, hit_stop, full, out_of_budget],
+      [EOS, STOP_STRING, CONTEXT_FULL, MAX_NEW_TOKENS],
+      RUNNING,
+    )
+    stops_now = active & (reason != RUNNING)
+    st = dataclasses.replace(
+      st,
+      tokens=tokens,
+      logprobs=logprobs,
+      lengths=lengths,
+      stop_state=stop_state,
+      done=st.done | stops_now,
+      finish=jnp.where(stops_now, reason, st.finish),
+      cache=cache,
+      rng=rng,
+    )
+    return st, i + 1
+
+  state, _ = jax.lax.while_loop(cond, body, (state, jnp.int32(0)))
+  return state

@@ -1,0 +1,119 @@
+"""Sampling configuration and the fixed-size state the sampler's kernels update.
+
+`SamplingState` is a pytree of buffers (tokens, log-probs, lengths, done flags, finish codes,
+stop automaton states, KV cache, rng); see sampler.py for the conventions that keep ragged
+rows, appends and cuts uniform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from sr2.configlib import ConfigError, check_keys
+from sr2.sampling import methods as methods_lib
+
+# Why a row stopped.
+RUNNING, EOS, STOP_STRING, MAX_NEW_TOKENS, CONTEXT_FULL = 0, 1, 2, 3, 4
+FINISH_NAMES = {
+  RUNNING: "running",
+  EOS: "eos",
+  STOP_STRING: "stop_string",
+  MAX_NEW_TOKENS: "max_new_tokens",
+  CONTEXT_FULL: "context_full",
+}
+DEFAULT_STOP_STRINGS = ("</search>", "</answer>")
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How the sampler decodes.
+
+  Attributes:
+    max_len: capacity of a row in tokens (prompt + everything generated or appended).
+    method: a sampling method from methods.py.
+    stop_strings: strings that end a turn when the generated text completes one.
+    stop_on_eos: end a row on any of the tokenizer's end-of-turn ids.
+    logprobs: "sampling" stores log-probs under the distribution sampled from; "raw"
+      stores the model's temperature-1, unfiltered log-probs (what the RL loss uses).
+    buckets: chunk lengths prefill/append pad to, so few programs compile.
+  """
+
+  max_len: int = 1024
+  method: methods_lib.Method = methods_lib.Greedy()
+  stop_strings: tuple[str, ...] = DEFAULT_STOP_STRINGS
+  stop_on_eos: bool = True
+  logprobs: str = "sampling"
+  buckets: tuple[int, ...] = DEFAULT_BUCKETS
+
+  def __post_init__(self):
+    if self.max_len < 2:
+      raise ValueError(f"sampling.max_len={self.max_len}; expected >= 2")
+    if self.logprobs not in ("sampling", "raw"):
+      raise ValueError(f"sampling.logprobs={self.logprobs!r}; expected 'sampling' or 'raw'")
+    if not isinstance(self.method, methods_lib.Method):
+      raise ValueError(f"sampling.method={self.method!r} is not a sampling method")
+    if list(self.buckets) != sorted(set(self.buckets)) or not self.buckets or self.buckets[0] < 1:
+      raise ValueError(f"sampling.buckets={self.buckets}; expected increasing positive ints")
+
+
+_CONFIG_FIELDS = (
+  "method",
+  "temperature",
+  "top_k",
+  "top_p",
+  "max_len",
+  "stop_strings",
+  "stop_on_eos",
+  "logprobs",
+  "buckets",
+)
+
+
+def sampling_config(cfg, where: str = "config.sampling", **overrides) -> SamplingConfig:
+  """SamplingConfig from a config group with a method *name* and its parameters.
+
+  Keys: method (greedy|temperature|top_k|top_p), temperature, top_k, top_p, max_len,
+  stop_strings, stop_on_eos, logprobs, buckets; unknown keys are rejected.
+  """
+  values = {**(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)), **overrides}
+  check_keys(values.keys(), _CONFIG_FIELDS, where)
+  method = methods_lib.parse_method(
+    values.pop("method", "greedy"),
+    values.pop("temperature", 1.0),
+    values.pop("top_k", 50),
+    values.pop("top_p", 0.9),
+  )
+  for key in ("stop_strings", "buckets"):
+    if key in values:
+      values[key] = tuple(values[key])
+  try:
+    return SamplingConfig(method=method, **values)
+  except ValueError as e:
+    raise ConfigError(f"{where}: {e}") from None
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SamplingState:
+  """Fixed-size buffers of a batch being sampled (a pytree; donate it to jitted calls)."""
+
+  tokens: jax.Array  # int32 [B, L]
+  logprobs: jax.Array  # float32 [B, L]
+  lengths: jax.Array  # int32 [B]
+  turn_start: jax.Array  # int32 [B]: length when the current decode call began
+  done: jax.Array  # bool [B]
+  finish: jax.Array  # int32 [B]: one of the finish codes
+  stop_state: jax.Array  # int32 [B, S]: automaton state per stop string
+  cache: list
+  rng: jax.Array
+
+  @property
+  def batch(self) -> int:
+    return self.tokens.shape[0]
+
+  @property
+  def max_len(self) -> int:
+    return self.tokens.shape[1]
