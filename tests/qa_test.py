@@ -87,6 +87,14 @@ def test_read_qa_jsonl_rejects_bad_rows(tmp_path, bad, message):
   assert message in str(e.value)
 
 
+def test_read_qa_jsonl_rejects_non_utf8_naming_file_and_line(tmp_path):
+  path = _write(tmp_path / "d/test.jsonl", _rows(2, "x"))
+  with open(path, "ab") as f:
+    f.write(b'{"id": "y", "question": "caf\xe9?", "golden_answers": ["a"]}\n')
+  with pytest.raises(ValueError, match=r"test\.jsonl:3: not UTF-8 \(invalid continuation byte"):
+    qa.read_qa_jsonl(path)
+
+
 def test_read_qa_jsonl_rejects_empty_file(tmp_path):
   with pytest.raises(ValueError, match="no rows"):
     qa.read_qa_jsonl(_write(tmp_path / "d/test.jsonl", []))
@@ -197,3 +205,65 @@ def test_prepare_data_script(source, tmp_path):
     ("multihop/hotpotqa", {"dev": 12}),
   ]
   assert all(d["seconds"] >= 0 for d in lines)
+
+
+# Row counts of every file under ../shared/data/{qa,multihop}, from its PROVENANCE.md table.
+SHARED_ROWS = {
+  "multihop/2wikimultihopqa/dev.jsonl": 131,
+  "multihop/2wikimultihopqa/train.jsonl": 400,
+  "multihop/hotpotqa/dev.jsonl": 1342,
+  "multihop/hotpotqa/train.jsonl": 88,
+  "multihop/musique/dev.jsonl": 160,
+  "multihop/musique/train.jsonl": 89,
+  "qa/2wikimultihopqa/dev.jsonl": 12543,
+  "qa/2wikimultihopqa/train.jsonl": 400,
+  "qa/bamboogle/test.jsonl": 125,
+  "qa/hotpotqa/dev.jsonl": 7070,
+  "qa/hotpotqa/train.jsonl": 588,
+  "qa/musique/dev.jsonl": 2377,
+  "qa/musique/train.jsonl": 19915,
+  "qa/nq/test.jsonl": 3610,
+  "qa/nq/train.jsonl": 5000,
+  "qa/popqa/test.jsonl": 1000,
+  "qa/triviaqa/test.jsonl": 1000,
+}
+
+
+def _needs_shared_data():
+  if not (SHARED_DATA / "qa").is_dir() or not (SHARED_DATA / "multihop").is_dir():
+    pytest.skip(f"{SHARED_DATA}/qa or /multihop not found")
+
+
+def test_every_shared_file_reads_with_provenance_row_counts():
+  _needs_shared_data()
+  found = sorted(
+    str(p.relative_to(SHARED_DATA))
+    for sub in ("qa", "multihop")
+    for p in (SHARED_DATA / sub).rglob("*")
+    if p.is_file()
+  )
+  assert found == sorted(SHARED_ROWS)  # a new or missing file must be added to the table
+  for name, rows in SHARED_ROWS.items():
+    examples = qa.read_qa_jsonl(SHARED_DATA / name)
+    assert len(examples) == rows, name
+    if name.startswith("multihop/"):
+      assert all(any(p.is_supporting for p in ex.paragraphs) for ex in examples), name
+
+
+def test_prepare_every_shared_dataset_reports_row_counts(tmp_path):
+  """All of ALL_NAMES built from ../shared/data (about 6 s on the 2-core dev machine)."""
+  _needs_shared_data()
+  expected = {}
+  for name, rows in SHARED_ROWS.items():
+    sub, dataset, split = name.removesuffix(".jsonl").split("/")
+    expected.setdefault(f"multihop/{dataset}" if sub == "multihop" else dataset, {})[split] = rows
+  expected[qa.MIX_NAME] = {
+    "train": SHARED_ROWS["qa/nq/train.jsonl"] + SHARED_ROWS["qa/hotpotqa/train.jsonl"]
+  }
+  assert set(expected) == set(qa.ALL_NAMES)
+  for name in qa.ALL_NAMES:
+    builder = qa.prepare(name, SHARED_DATA, tmp_path)
+    got = {split: info.num_examples for split, info in builder.info.splits.items()}
+    assert got == expected[name], name
+  assert len(qa.load_split("multihop/musique", "dev", tmp_path)) == 160
+  assert "tensorflow" not in sys.modules

@@ -86,19 +86,24 @@ def read_qa_jsonl(path: str | os.PathLike, data_source: str | None = None) -> li
     The rows in file order.
 
   Raises:
-    ValueError: naming the file and line of the first bad row (bad JSON, empty id or
-      question, missing or empty answers, a duplicate id), or if the file has no rows.
+    ValueError: naming the file and line of the first bad row (bytes that are not UTF-8,
+      bad JSON, empty id or question, missing or empty answers, a duplicate id), or if the
+      file has no rows.
   """
   path = os.fspath(path)
   if data_source is None:
     data_source = os.path.basename(os.path.dirname(os.path.abspath(path)))
   rows: list[QAExample] = []
   seen: dict[str, int] = {}
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      where = f"{path}:{line_no}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
       if not line.strip():
         continue
-      where = f"{path}:{line_no}"
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:

@@ -1,14 +1,34 @@
-"""Retrieval speed: sr2's BM25 (lucene, okapi) against bm25s and rank-bm25.
+"""Retrieval: sr2's BM25 (lucene, okapi) against bm25s and rank-bm25, for speed and recall.
 
-Run: `python -m sr2.retrieval.benchmark [--num_questions 500] [--copies 8]` (or through
-`experiments/benchmark.py retrieval`). Prints one JSON object per measurement. All
-implementations get the same tokens (`sr2.retrieval.tokenize`), so agreement is about
-scoring, not tokenisation.
+Run (or through `experiments/benchmark.py retrieval`):
+
+  python -m sr2.retrieval.benchmark --corpus PATH --queries PATH --k 3 [--size 100000]
+  python -m sr2.retrieval.benchmark --recall [--multihop ../shared/data/multihop]
+
+Prints one JSON object per measurement. Speed: each implementation is built and searched in
+a fresh process, so its peak memory is its own: the process's resident high-water mark
+(VmHWM) is reset after the corpus is loaded (`/proc/self/clear_refs`), and
+`rss_growth_mb` is that mark after build and every timed search minus the resident size
+before the build. `--size` pads the corpus with seeded synthetic passages ("Filler i")
+whose words are drawn from the corpus's unigram distribution and whose lengths from its
+length distribution. Implementations: sr2 (its tokenizer), bm25s with sr2's tokens and
+with its own `bm25s.tokenize(..., stopwords="en")`, and rank-bm25's `BM25Okapi` with sr2's
+tokens on the first `--rank_bm25_queries` queries (it is about 1000x slower). Recall
+(`--recall`, the same implementations, in process): for each multi-hop dev set, the corpus
+is its pooled paragraphs (`pool_multihop_paragraphs`), and recall@k is the fraction of a
+question's supporting paragraphs among its top k, averaged over its questions.
 """
 
 import argparse
+import collections
+import concurrent.futures
+import gc
 import json
+import multiprocessing
 import pathlib
+import pickle
+import re
+import resource
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -16,13 +36,19 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from sr2.retrieval.bm25 import BM25Index, tokenize
-from sr2.retrieval.corpus import read_jsonl_corpus
+from sr2.retrieval.corpus import pool_multihop_paragraphs, read_jsonl_corpus
 
 _DATA = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+_SPEED_IMPLS = ("sr2:lucene", "sr2:okapi", "bm25s:own", "bm25s:sr2", "rank_bm25:sr2")
+_RECALL_IMPLS = ("sr2:lucene", "sr2:okapi", "bm25s:own", "bm25s:sr2", "rank_bm25:sr2")
+_MULTIHOP_SETS = ("hotpotqa", "2wikimultihopqa", "musique")
+_SPACES = re.compile(r"\s+")  # as pool_multihop_paragraphs normalises text
+
+Search = Callable[[list[str]], list[list[str]]]  # queries -> top-k passage ids each
 
 
 def retrieval_benchmark(argv: Sequence[str] | None = None) -> list[dict]:
-  """Builds each index on the corpus, times batched/single/cached search; prints JSON lines.
+  """Runs the speed (default) or `--recall` measurements; prints JSON lines.
 
   Args:
     argv: command-line flags (see `--help`); None reads nothing beyond the defaults.
@@ -31,81 +57,335 @@ def retrieval_benchmark(argv: Sequence[str] | None = None) -> list[dict]:
     The measurements, as printed.
   """
   args = _parser().parse_args(list(argv) if argv is not None else [])
-  corpus = read_jsonl_corpus(args.corpus)
-  # Copies (with new ids) give a larger corpus of the same text statistics, to see scaling.
-  corpus = [{**p, "id": f"{p['id']}~{c}"} if c else p for c in range(args.copies) for p in corpus]
-  questions = _questions(args.questions, args.num_questions)
-  base = {"benchmark": "retrieval", "passages": len(corpus), "queries": len(questions), "k": args.k}
-  out = []
-  top_ids = {}
-  for method in ("lucene", "okapi"):
-    start = time.perf_counter()
-    index = BM25Index.build(corpus, method=method, cache_size=0)
-    build_s = time.perf_counter() - start
-    hits = index.search(questions, k=args.k)
-    top_ids[method] = [[h.id for h in row] for row in hits]
-    row = {
-      **base,
-      "impl": "sr2",
-      "method": method,
-      "build_s": round(build_s, 3),
-      **_query_rates(lambda qs, index=index: index.search(qs, k=args.k), questions, args.repeats),
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-      index.save(tmp)
-      row["disk_bytes"] = sum(p.stat().st_size for p in pathlib.Path(tmp).iterdir())
-      start = time.perf_counter()
-      loaded = BM25Index.load(tmp, mmap=True, cache_size=len(questions))
-      row["load_mmap_s"] = round(time.perf_counter() - start, 4)
-      loaded.search(questions, k=args.k)
-      start = time.perf_counter()
-      loaded.search(questions, k=args.k)
-      row["cached_qps"] = round(len(questions) / (time.perf_counter() - start), 1)
-    out.append(row)
-  out.append(_bm25s_row(base, corpus, questions, args, top_ids["lucene"]))
-  if args.rank_bm25_questions:
-    out.append(
-      _rank_bm25_row(base, corpus, questions[: args.rank_bm25_questions], args, top_ids["okapi"])
-    )
-  for row in out:
-    print(json.dumps(row), flush=True)
-  return out
+  return _recall(args) if args.recall else _speed(args)
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="benchmark retrieval", description=__doc__)
+  p = argparse.ArgumentParser(
+    prog="benchmark retrieval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   p.add_argument("--corpus", default=str(_DATA / "corpus" / "wiki_intros.jsonl"))
   p.add_argument(
+    "--queries",
     "--questions",
     default=str(_DATA / "qa" / "hotpotqa" / "dev.jsonl"),
-    help="QA JSONL with a 'question' field",
+    help="QA JSONL with a 'question' field; the first --num_queries are used",
   )
-  p.add_argument("--copies", type=int, default=1, help="index the corpus this many times")
-  p.add_argument("--num_questions", type=int, default=500)
+  p.add_argument("--num_queries", "--num_questions", type=int, default=500)
+  p.add_argument("--size", type=int, default=0, help="pad the corpus with filler to this many")
+  p.add_argument("--seed", type=int, default=0, help="seed of the filler passages")
   p.add_argument("--k", type=int, default=3)
   p.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
   p.add_argument(
+    "--rank_bm25_queries",
     "--rank_bm25_questions",
     type=int,
-    default=50,
-    help="questions for the (slow) rank-bm25 reference; 0 skips it",
+    default=100,
+    help="queries for the (slow) rank-bm25 reference; 0 skips it",
   )
+  p.add_argument("--recall", action="store_true", help="measure recall@k on multi-hop sets")
+  p.add_argument("--multihop", default=str(_DATA / "multihop"), help="holds <set>/dev.jsonl")
   return p
+
+
+def synthetic_filler(passages: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
+  """`n` passages "Filler i" drawn from the unigram word and length statistics of `passages`.
+
+  Words are whitespace-separated pieces of the passages' texts (punctuation attached), so
+  the filler tokenizes like the real text; no real passage is copied.
+  """
+  texts = [p["text"].split() for p in passages]
+  unigram = collections.Counter(w for t in texts for w in t)
+  words = sorted(unigram)  # sorted: the draws depend on the seed only, not on dict order
+  counts = np.array([unigram[w] for w in words], dtype=np.float64)
+  rng = np.random.default_rng(seed)
+  lengths = rng.choice(np.array([len(t) for t in texts]), size=n)
+  draws = rng.choice(len(words), size=int(lengths.sum()), p=counts / counts.sum()).tolist()
+  ends = np.cumsum(lengths).tolist()
+  out, start = [], 0
+  for i, end in enumerate(ends):
+    text = " ".join([words[j] for j in draws[start:end]])
+    out.append({"id": f"filler-{i:06d}", "title": f"Filler {i}", "text": text})
+    start = end
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Speed and memory.
+
+
+def _speed(args) -> list[dict]:
+  corpus = read_jsonl_corpus(args.corpus)
+  real = len(corpus)
+  if args.size:
+    if args.size < real:
+      raise SystemExit(f"--size {args.size} is below the corpus's {real} passages")
+    corpus += synthetic_filler(corpus, args.size - real, args.seed)
+  questions = _questions(args.queries, args.num_queries)
+  base = {
+    "benchmark": "retrieval",
+    "passages": len(corpus),
+    "real_passages": real,
+    "queries": len(questions),
+    "k": args.k,
+  }
+  out, ids = [], {}
+  with tempfile.TemporaryDirectory() as tmp:
+    corpus_path = pathlib.Path(tmp) / "corpus.jsonl"
+    with open(corpus_path, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in corpus)
+    del corpus
+    for impl in _SPEED_IMPLS:
+      qs, reference = questions, None
+      if impl.startswith("rank_bm25"):
+        if not args.rank_bm25_queries:
+          continue
+        qs = questions[: args.rank_bm25_queries]
+        reference = ids["sr2:okapi"][: len(qs)]
+      ctx = multiprocessing.get_context("spawn")
+      with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        row, ids[impl] = pool.submit(_measure, impl, str(corpus_path), qs, args, reference).result()
+      if impl.startswith("bm25s"):
+        row["top_k_agreement_with_sr2_lucene"] = _agreement(ids[impl], ids["sr2:lucene"])
+      out.append({**base, **row})
+      print(json.dumps(out[-1]), flush=True)
+  out.append(_summary(base, {r["impl"]: r for r in out}))
+  print(json.dumps(out[-1]), flush=True)
+  return out
+
+
+def _measure(impl: str, corpus_path: str, questions: list[str], args, reference) -> tuple:
+  """In a fresh process: build, time searches, peak memory, bytes; returns (row, top ids)."""
+  corpus = read_jsonl_corpus(corpus_path)
+  gc.collect()
+  rss_before = _reset_peak_rss()
+  start = time.perf_counter()
+  engine = _build(impl, corpus, args.k)
+  row = {"impl": impl, "build_s": round(time.perf_counter() - start, 3)}
+  search = engine["search"]
+  start = time.perf_counter()
+  ids = search(questions)  # a warm-up for the others; rank-bm25 is timed once, here
+  if impl.startswith("rank_bm25"):  # one query at a time is its only mode
+    row["single_qps"] = round(len(questions) / (time.perf_counter() - start), 2)
+  else:
+    batched = min(_timed(lambda: search(questions)) for _ in range(args.repeats))
+    single = min(_timed(lambda: [search([q]) for q in questions]) for _ in range(args.repeats))
+    row["batched_qps"] = round(len(questions) / batched, 1)
+    row["single_qps"] = round(len(questions) / single, 1)
+  peak = _peak_rss_mb()
+  row["peak_rss_mb"] = round(peak, 1)
+  row["rss_growth_mb"] = None if rss_before is None else round(peak - rss_before, 1)
+  if reference is not None:
+    row.update(engine["agreement"](questions, reference))
+  row.update(engine["bytes"](questions))
+  return row, ids
+
+
+def _build(impl: str, corpus: list[dict], k: int) -> dict:
+  """Builds `impl` ("library:tokens" or "sr2:method") on `corpus`; returns its operations."""
+  library, variant = impl.split(":")
+  if library == "sr2":
+    return _build_sr2(corpus, variant, k)
+  if library == "bm25s":
+    return _build_bm25s(corpus, own_tokens=variant == "own", k=k)
+  return _build_rank_bm25(corpus, k)
+
+
+def _build_sr2(corpus, method: str, k: int) -> dict:
+  index = BM25Index.build(corpus, method=method, cache_size=0)
+
+  def search(qs):
+    return [[h.id for h in row] for row in index.search(qs, k=k)]
+
+  def disk_bytes(qs):
+    """Bytes saved; then the saved index memory-mapped, with its query cache warmed by `qs`."""
+    with tempfile.TemporaryDirectory() as tmp:
+      index.save(tmp)
+      sizes = {p.name: p.stat().st_size for p in pathlib.Path(tmp).iterdir()}
+      start = time.perf_counter()
+      loaded = BM25Index.load(tmp, mmap=True, cache_size=len(qs))
+      load_s = time.perf_counter() - start
+      loaded.search(qs, k=k)
+      cached_s = _timed(lambda: loaded.search(qs, k=k))
+    passages = sizes["passages.jsonl"] + sizes["passage_offsets.npy"]
+    return {
+      "index_bytes": sum(sizes.values()) - passages,
+      "disk_bytes_with_passages": sum(sizes.values()),
+      "load_mmap_s": round(load_s, 4),
+      "cached_qps": round(len(qs) / cached_s, 1),
+    }
+
+  return {"search": search, "bytes": disk_bytes}
+
+
+def _build_bm25s(corpus, own_tokens: bool, k: int) -> dict:
+  import bm25s  # reference only; sr2 does not search with it
+
+  texts = [f"{p['title']}\n{p['text']}" for p in corpus]
+  retriever = bm25s.BM25(method="lucene")
+  if own_tokens:
+    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+  else:
+    retriever.index([tokenize(t) for t in texts], show_progress=False)
+  vocab = retriever.vocab_dict
+  pids = [p["id"] for p in corpus]
+
+  def search(qs):
+    if own_tokens:
+      # bm25s.tokenize gives a fresh vocabulary per call; retrieve maps it back to strings.
+      query_tokens = bm25s.tokenization.convert_tokenized_to_string_list(
+        bm25s.tokenize(qs, stopwords="en", show_progress=False)
+      )
+    else:
+      query_tokens = [tokenize(q) for q in qs]
+    # bm25s rejects a query with no in-vocabulary token; sr2 answers it with no hits.
+    kept = [i for i, toks in enumerate(query_tokens) if any(t in vocab for t in toks)]
+    ids = [[] for _ in qs]
+    if kept:
+      docs, scores = retriever.retrieve(
+        [query_tokens[i] for i in kept], k=k, show_progress=False, n_threads=0
+      )
+      for i, d_row, s_row in zip(kept, docs, scores, strict=True):
+        ids[i] = [pids[int(d)] for d, s in zip(d_row, s_row, strict=True) if s > 0]
+    return ids
+
+  def disk_bytes(_):
+    with tempfile.TemporaryDirectory() as tmp:
+      retriever.save(tmp, show_progress=False)
+      return {"index_bytes": sum(p.stat().st_size for p in pathlib.Path(tmp).iterdir())}
+
+  return {"search": search, "bytes": disk_bytes}
+
+
+def _build_rank_bm25(corpus, k: int) -> dict:
+  import rank_bm25
+
+  okapi = rank_bm25.BM25Okapi([tokenize(f"{p['title']}\n{p['text']}") for p in corpus])
+  pids = [p["id"] for p in corpus]
+  position = {pid: i for i, pid in enumerate(pids)}
+
+  def top(q):
+    scores = okapi.get_scores(tokenize(q))
+    order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+    return scores, [i for i in order if scores[i] > 0]
+
+  def search(qs):
+    return [[pids[i] for i in top(q)[1]] for q in qs]
+
+  def agreement(qs, reference):
+    """Identical top-k ids, and identical up to passages of exactly equal rank-bm25 score."""
+    same = tied = 0
+    for q, ref in zip(qs, reference, strict=True):
+      scores, mine = top(q)
+      same += [pids[i] for i in mine] == ref
+      tied += [scores[i] for i in mine] == [scores[position[r]] for r in ref]
+    return {
+      "top_k_identical_to_sr2_okapi": round(same / len(qs), 4),
+      "top_k_identical_up_to_exact_ties": round(tied / len(qs), 4),
+    }
+
+  return {
+    "search": search,
+    "agreement": agreement,
+    "bytes": lambda _: {"index_bytes": len(pickle.dumps(okapi)), "index_format": "pickle"},
+  }
+
+
+def _reset_peak_rss() -> float | None:
+  """Resets VmHWM to the current RSS (Linux); returns that RSS in MB, None if unsupported."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return _proc_status_mb("VmRSS")
+  except OSError:
+    return None
+
+
+def _peak_rss_mb() -> float:
+  try:
+    return _proc_status_mb("VmHWM")
+  except OSError:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _proc_status_mb(field: str) -> float:
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024  # kB
+  raise OSError(f"no {field} in /proc/self/status")
+
+
+def _summary(base: dict, rows: dict) -> dict:
+  """Ratios the acceptance targets are stated in."""
+  out = {**base, "benchmark": "retrieval_summary"}
+  rank = rows.get("rank_bm25:sr2")
+  if rank:
+    for mode in ("batched", "single"):
+      ratio = rows["sr2:okapi"][f"{mode}_qps"] / rank["single_qps"]
+      out[f"sr2_okapi_{mode}_over_rank_bm25"] = round(ratio, 1)
+    out["target_1000x_rank_bm25_met"] = out["sr2_okapi_batched_over_rank_bm25"] >= 1000
+    out["top_k_identical_to_rank_bm25_up_to_ties"] = rank["top_k_identical_up_to_exact_ties"] == 1
+  for tokens in ("own", "sr2"):
+    for mode in ("batched", "single"):
+      ratio = rows["sr2:lucene"][f"{mode}_qps"] / rows[f"bm25s:{tokens}"][f"{mode}_qps"]
+      out[f"sr2_lucene_{mode}_over_bm25s_{tokens}_tokens"] = round(ratio, 2)
+  out["target_faster_than_bm25s_met"] = all(
+    v > 1 for key, v in out.items() if key.startswith("sr2_lucene_")
+  )
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Recall of supporting paragraphs.
+
+
+def _recall(args) -> list[dict]:
+  out = []
+  for name in _MULTIHOP_SETS:
+    path = pathlib.Path(args.multihop) / name / "dev.jsonl"
+    from sr2.data.qa import read_qa_jsonl  # deferred: pulls in tensorflow-datasets
+
+    examples = read_qa_jsonl(path)
+    corpus = pool_multihop_paragraphs(path)
+    pid = {(p["title"], p["text"]): p["id"] for p in corpus}
+    gold = [
+      {
+        pid[(p.title.strip(), _SPACES.sub(" ", p.text).strip())]
+        for p in ex.paragraphs
+        if p.is_supporting
+      }
+      for ex in examples
+    ]
+    questions = [ex.question for ex in examples]
+    for impl in _RECALL_IMPLS:
+      start = time.perf_counter()
+      top = _build(impl, corpus, args.k)["search"](questions)
+      found = [len(g & set(t)) / len(g) for g, t in zip(gold, top, strict=True)]
+      out.append(
+        {
+          "benchmark": "retrieval_recall",
+          "set": f"multihop/{name}/dev",
+          "questions": len(questions),
+          "passages": len(corpus),
+          "impl": impl,
+          "k": args.k,
+          f"recall_at_{args.k}": round(float(np.mean(found)), 4),
+          f"all_supporting_in_top_{args.k}": round(float(np.mean([f == 1 for f in found])), 4),
+          "seconds": round(time.perf_counter() - start, 2),
+        }
+      )
+      print(json.dumps(out[-1]), flush=True)
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers.
 
 
 def _questions(path: str, n: int) -> list[str]:
   with open(path, encoding="utf-8") as f:
     return [json.loads(line)["question"] for line, _ in zip(f, range(n), strict=False)]
-
-
-def _query_rates(search: Callable[[list[str]], object], questions: list[str], repeats: int) -> dict:
-  """Queries/s for one batched call over all questions and for one call per question."""
-  batched = min(_timed(lambda: search(questions)) for _ in range(repeats))
-  single = min(_timed(lambda: [search([q]) for q in questions]) for _ in range(repeats))
-  return {
-    "batched_qps": round(len(questions) / batched, 1),
-    "single_qps": round(len(questions) / single, 1),
-  }
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -116,64 +396,6 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def _agreement(a: list[list[str]], b: list[list[str]]) -> float:
   return round(float(np.mean([x == y for x, y in zip(a, b, strict=False)])), 4)
-
-
-def _bm25s_row(base: dict, corpus: list[dict], questions: list[str], args, sr2_ids) -> dict:
-  import bm25s  # reference only; sr2 does not search with it
-
-  start = time.perf_counter()  # tokenizing counts as building, as it does for sr2
-  tokens = [tokenize(f"{p['title']}\n{p['text']}") for p in corpus]
-  retriever = bm25s.BM25(method="lucene")
-  retriever.index(tokens, show_progress=False)
-  build_s = time.perf_counter() - start
-  vocab = retriever.vocab_dict
-
-  def search(qs: list[str]) -> list[list[str]]:
-    query_tokens = [tokenize(q) for q in qs]
-    # bm25s rejects a query with no in-vocabulary token; sr2 answers it with no hits.
-    kept = [i for i, toks in enumerate(query_tokens) if any(t in vocab for t in toks)]
-    docs, _ = retriever.retrieve(
-      [query_tokens[i] for i in kept], k=args.k, show_progress=False, n_threads=1
-    )
-    ids = [[] for _ in qs]
-    for i, row in zip(kept, docs, strict=True):
-      ids[i] = [corpus[int(d)]["id"] for d in row]
-    return ids
-
-  rates = _query_rates(search, questions, args.repeats)
-  ids = search(questions)
-  return {
-    **base,
-    "impl": "bm25s",
-    "method": "lucene",
-    "build_s": round(build_s, 3),
-    **rates,
-    "top_k_agreement_with_sr2": _agreement(ids, sr2_ids),
-  }
-
-
-def _rank_bm25_row(base: dict, corpus: list[dict], questions: list[str], args, sr2_ids) -> dict:
-  import rank_bm25
-
-  start = time.perf_counter()
-  okapi = rank_bm25.BM25Okapi([tokenize(f"{p['title']}\n{p['text']}") for p in corpus])
-  build_s = time.perf_counter() - start
-  start = time.perf_counter()
-  ids = []
-  for q in questions:
-    scores = okapi.get_scores(tokenize(q))
-    order = np.lexsort((np.arange(len(scores)), -scores))[: args.k]
-    ids.append([corpus[i]["id"] for i in order if scores[i] > 0])
-  qps = len(questions) / (time.perf_counter() - start)
-  return {
-    **base,
-    "queries": len(questions),
-    "impl": "rank_bm25",
-    "method": "okapi",
-    "build_s": round(build_s, 3),
-    "single_qps": round(qps, 1),
-    "top_k_agreement_with_sr2": _agreement(ids, sr2_ids),
-  }
 
 
 if __name__ == "__main__":
