@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sr2.jsonl import iter_jsonl
+
 QA_DATASETS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
 MIX_NAME = "nq_hotpotqa_train"  # Search-R1's training set: NQ train + HotpotQA train.
 MIX_SOURCES = ("nq", "hotpotqa")
@@ -95,42 +97,28 @@ def read_qa_jsonl(path: str | os.PathLike, data_source: str | None = None) -> li
     data_source = os.path.basename(os.path.dirname(os.path.abspath(path)))
   rows: list[QAExample] = []
   seen: dict[str, int] = {}
-  with open(path, "rb") as f:
-    for line_no, raw in enumerate(f, start=1):
-      where = f"{path}:{line_no}"
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise ValueError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-      paragraphs = None
-      if "paragraphs" in row:
-        paragraphs = _parse_paragraphs(row["paragraphs"], where)
-      metadata = row.get("metadata")
-      if metadata is not None and not isinstance(metadata, dict):
-        raise ValueError(f"{where}: 'metadata' must be an object")
-      try:
-        ex = QAExample(
-          id=row.get("id"),
-          question=row.get("question"),
-          golden_answers=row.get("golden_answers"),
-          data_source=data_source,
-          paragraphs=paragraphs,
-          metadata=metadata,
-        )
-      except (ValueError, TypeError) as e:
-        raise ValueError(f"{where}: {e}") from None
-      if ex.id in seen:
-        raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
-      seen[ex.id] = line_no
-      rows.append(ex)
+  for where, line_no, row in iter_jsonl(path, ValueError, "QA file"):
+    paragraphs = None
+    if "paragraphs" in row:
+      paragraphs = _parse_paragraphs(row["paragraphs"], where)
+    metadata = row.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+      raise ValueError(f"{where}: 'metadata' must be an object")
+    try:
+      ex = QAExample(
+        id=row.get("id"),
+        question=row.get("question"),
+        golden_answers=row.get("golden_answers"),
+        data_source=data_source,
+        paragraphs=paragraphs,
+        metadata=metadata,
+      )
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"{where}: {e}") from None
+    if ex.id in seen:
+      raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
+    seen[ex.id] = line_no
+    rows.append(ex)
   if not rows:
     raise ValueError(f"{path}: no rows; expected FlashRAG-format JSON lines")
   return rows

@@ -6,13 +6,13 @@ model are `Doc 1(Title: t) text\nDoc 2(Title: t) text` (DESIGN.md), wrapped in
 """
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from sr2.data.prompts import wrap_information
+from sr2.jsonl import iter_jsonl
 
 _FIELDS = ("id", "title", "text")
 _SPACES = re.compile(r"\s+")
@@ -222,28 +222,7 @@ def _split_contents(contents: str) -> tuple[str, str]:
 
 
 def _iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, int, dict]]:
-  """Yields `("file:line", line number, row dict)`, skipping blank lines."""
-  name = os.fspath(path)
-  try:
-    f = open(name, "rb")
-  except OSError as e:
-    raise CorpusError(f"cannot open corpus file {name!r}: {e.strerror}") from e
-  with f:
-    for lineno, raw in enumerate(f, start=1):
-      where = f"{name}:{lineno}"
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise CorpusError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise CorpusError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
-      if not isinstance(row, dict):
-        raise CorpusError(f"{where}: expected a JSON object, got {type(row).__name__}")
-      yield where, lineno, row
+  return iter_jsonl(path, CorpusError, "corpus file")
 
 
 def _iter_rows(items: Iterable[Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
