@@ -92,3 +92,13 @@ def test_optimizer_warmup_and_bad_config():
     OptConfig(lr=0)
   with pytest.raises(ValueError, match="batch length"):
     sft.batch([sft.Example((1, 2, 3), (1, 1, 1))], 0, 2)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor():
+  s = schedule(OptConfig(lr=1e-3, warmup_steps=10, decay_steps=110, final_lr_ratio=0.1))
+  assert float(s(0)) == 0.0 and abs(float(s(10)) - 1e-3) < 1e-9
+  # Halfway through the cosine: floor + (peak - floor) / 2.
+  assert abs(float(s(60)) - (1e-4 + 0.45e-3)) < 1e-8
+  assert abs(float(s(110)) - 1e-4) < 1e-9 and abs(float(s(500)) - 1e-4) < 1e-9
+  with pytest.raises(ValueError, match="decay_steps"):
+    OptConfig(warmup_steps=10, decay_steps=5)
