@@ -104,3 +104,71 @@ def test_update_equal_across_meshes():
   )
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert proc.stdout.strip().endswith("equal"), proc.stdout
+
+
+def _one_device(model, opt):
+  mesh = make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+  sh = update.make_shardings(model, opt, mesh, batch_rows=8)
+  return sh, update.init_sharded(model, opt, sh, jax.random.key(0))
+
+
+def test_epochs_and_minibatches_equal_sequential_updates():
+  model, _, opt, batch = _setup()
+  cfg = grpo.GRPOConfig(group_size=4, kl_coef=0.01, ppo_epochs=2, num_minibatches=2)
+  one = grpo.GRPOConfig(group_size=4, kl_coef=0.01)
+  sh, (params, opt_state) = _one_device(model, opt)
+  batch = {
+    **batch,
+    "ref_logp": np.asarray(update.reference_logprobs(model, params, batch["tokens"])),
+  }
+  # Reference: four single updates, rows 0-3, 4-7, 0-3, 4-7 (no key: fixed order).
+  p_ref, s_ref = jax.tree.map(jnp.copy, (params, opt_state))
+  for half in (slice(0, 4), slice(4, 8)) * 2:
+    p_ref, s_ref, _ = update.update_step(
+      model, one, opt, p_ref, s_ref, {k: v[half] for k, v in batch.items()}
+    )
+  step = update.make_update(model, cfg, opt, sh)
+  params, opt_state, m = step(params, opt_state, batch)
+  np.testing.assert_allclose(
+    np.asarray(params["layers"][0]["q"]), np.asarray(p_ref["layers"][0]["q"]), atol=1e-6
+  )
+  assert float(m["nonfinite"]) == 0
+
+
+def test_minibatch_order_follows_the_key():
+  model, _, opt, batch = _setup()
+  cfg = grpo.GRPOConfig(group_size=4, kl_coef=0.0, num_minibatches=2)
+  sh, _ = _one_device(model, opt)
+  step = update.make_update(model, cfg, opt, sh)
+  q = []
+  for key in (jax.random.key(1), jax.random.key(1), jax.random.key(2)):
+    params, opt_state = update.init_sharded(model, opt, sh, jax.random.key(0))
+    params, _, _ = step(params, opt_state, batch, key)
+    q.append(np.asarray(params["layers"][0]["q"]))
+  np.testing.assert_array_equal(q[0], q[1])
+  assert not np.array_equal(q[0], q[2])
+
+
+def test_nonfinite_update_is_skipped():
+  model, _, opt, batch = _setup()
+  cfg = grpo.GRPOConfig(group_size=4, kl_coef=0.0, num_minibatches=2)
+  sh, (params, opt_state) = _one_device(model, opt)
+  before = jax.tree.map(np.asarray, (params, opt_state))
+  bad = dict(batch, adv=np.where(np.arange(8) < 4, np.nan, batch["adv"]).astype(np.float32))
+  params, opt_state, m = update.make_update(model, cfg, opt, sh)(params, opt_state, bad)
+  assert float(m["nonfinite"]) == 1  # the first mini-batch (rows 0-3) was skipped
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves((params, opt_state)))
+  # The finite mini-batch (rows 4-7) still moved the params.
+  assert not np.array_equal(np.asarray(params["layers"][0]["q"]), before[0]["layers"][0]["q"])
+
+
+def test_all_nonfinite_leaves_state_untouched():
+  model, _, opt, batch = _setup()
+  cfg = grpo.GRPOConfig(group_size=4, kl_coef=0.0)
+  sh, (params, opt_state) = _one_device(model, opt)
+  before = jax.tree.map(np.asarray, (params, opt_state))
+  bad = dict(batch, adv=np.full(8, np.inf, np.float32))
+  params, opt_state, m = update.make_update(model, cfg, opt, sh)(params, opt_state, bad)
+  assert float(m["nonfinite"]) == 1
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((params, opt_state)), strict=True):
+    np.testing.assert_array_equal(a, np.asarray(b))

@@ -201,6 +201,9 @@ def entropy_from_logits(logits_BxTxV: jax.Array, mask_BxT: jax.Array) -> jax.Arr
   return masked_mean(h_BxT, mask_BxT)
 
 
+NONFINITE_POLICIES = ("skip", "stop")
+
+
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
   """GRPO hyperparameters (PAPER.md §4; ε is not reported, verl's default 0.2)."""
@@ -214,25 +217,34 @@ class GRPOConfig:
   scale_by_std: bool = True  # False = Dr.GRPO advantages
   adv_eps: float = 1e-6  # added to the group std
   entropy_coef: float = 0.0  # paper: entropy bonus disabled
+  ppo_epochs: int = 1  # passes over each step's rollouts (paper, inferred: 1)
+  num_minibatches: int = 1  # optimizer updates per pass (paper, inferred: 1)
+  nonfinite: str = "skip"  # a NaN/Inf loss or gradient: "skip" the update, or "stop"
 
   def __post_init__(self):
     g = self.group_size
     if not isinstance(g, int) or isinstance(g, bool) or g < 2:
-      raise ConfigError(f"rl.group_size={g!r}; expected an integer >= 2")
+      raise ConfigError(f"grpo.group_size={g!r}; expected an integer >= 2")
     if not 0 < self.clip_eps < 1:
-      raise ConfigError(f"rl.clip_eps={self.clip_eps}; expected 0 < clip_eps < 1")
+      raise ConfigError(f"grpo.clip_eps={self.clip_eps}; expected 0 < clip_eps < 1")
     if self.clip_eps_high is not None and not self.clip_eps_high > 0:
-      raise ConfigError(f"rl.clip_eps_high={self.clip_eps_high}; expected > 0 or None")
+      raise ConfigError(f"grpo.clip_eps_high={self.clip_eps_high}; expected > 0 or None")
     if not self.kl_coef >= 0:
-      raise ConfigError(f"rl.kl_coef={self.kl_coef}; expected >= 0")
+      raise ConfigError(f"grpo.kl_coef={self.kl_coef}; expected >= 0")
     if self.kl_kind not in KL_KINDS:
-      raise ConfigError(f"rl.kl_kind={self.kl_kind!r}; expected one of {KL_KINDS}")
+      raise ConfigError(f"grpo.kl_kind={self.kl_kind!r}; expected one of {KL_KINDS}")
     if self.loss_agg not in AGG_MODES:
-      raise ConfigError(f"rl.loss_agg={self.loss_agg!r}; expected one of {AGG_MODES}")
+      raise ConfigError(f"grpo.loss_agg={self.loss_agg!r}; expected one of {AGG_MODES}")
     if not self.adv_eps > 0:
-      raise ConfigError(f"rl.adv_eps={self.adv_eps}; expected > 0")
+      raise ConfigError(f"grpo.adv_eps={self.adv_eps}; expected > 0")
     if not self.entropy_coef >= 0:
-      raise ConfigError(f"rl.entropy_coef={self.entropy_coef}; expected >= 0")
+      raise ConfigError(f"grpo.entropy_coef={self.entropy_coef}; expected >= 0")
+    for name in ("ppo_epochs", "num_minibatches"):
+      v = getattr(self, name)
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ConfigError(f"grpo.{name}={v!r}; expected an integer >= 1")
+    if self.nonfinite not in NONFINITE_POLICIES:
+      raise ConfigError(f"grpo.nonfinite={self.nonfinite!r}; expected one of {NONFINITE_POLICIES}")
 
 
 def grpo_loss(

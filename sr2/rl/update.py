@@ -17,6 +17,7 @@ import functools
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -66,6 +67,27 @@ def reference_logprobs(config: ModelConfig, ref_params, tokens_BxT) -> jax.Array
   return sft.token_logprobs(config, ref_params, tokens_BxT)
 
 
+def _minibatch_step(model, cfg, optimizer, carry, mb):
+  """One optimizer update on a mini-batch; skipped (state kept) if loss or grads are not finite."""
+  params, opt_state = carry
+
+  def loss_fn(p):
+    logp = sft.token_logprobs(model, p, mb["tokens"])
+    ref = mb["ref_logp"] if cfg.kl_coef else None
+    return grpo.grpo_loss(logp, mb["old_logp"], ref, mb["adv"], mb["mask"], cfg)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # Non-finite gradients would poison the Adam moments even when the update is discarded.
+  grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  carry = (keep(new_params, params), keep(new_opt_state, opt_state))
+  return carry, {**metrics, "loss": loss, "grad_norm": grad_norm, "nonfinite": 1.0 - finite}
+
+
 def update_step(
   model: ModelConfig,
   cfg: grpo.GRPOConfig,
@@ -73,18 +95,33 @@ def update_step(
   params,
   opt_state,
   batch: dict,
+  key: jax.Array | None = None,
 ):
-  """One optimizer step on the GRPO loss of `batch` (see BATCH_KEYS)."""
+  """`cfg.ppo_epochs` passes over `batch`, each split into `cfg.num_minibatches` updates.
 
-  def loss_fn(p):
-    logp = sft.token_logprobs(model, p, batch["tokens"])
-    ref = batch["ref_logp"] if cfg.kl_coef else None
-    return grpo.grpo_loss(logp, batch["old_logp"], ref, batch["adv"], batch["mask"], cfg)
-
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  updates, opt_state = optimizer.update(grads, opt_state, params)
-  params = optax.apply_updates(params, updates)
-  return params, opt_state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+  With one epoch and one mini-batch this is a single on-policy step (ratio = 1 at the
+  start, as in the paper's setting). Otherwise each epoch visits the rows in a fresh
+  order drawn from `key` (fixed order when `key` is None) and every mini-batch is one
+  AdamW update; all of it is one `lax.scan`, so one compiled program. An update whose
+  loss or gradient norm is NaN/Inf leaves params and optimizer state as they were and
+  counts 1 in `nonfinite` (the caller skips or stops, `cfg.nonfinite`). Metrics are means
+  over the updates, `nonfinite` a count.
+  """
+  rows = batch["tokens"].shape[0]
+  m, epochs = cfg.num_minibatches, cfg.ppo_epochs
+  if rows % m:
+    raise ValueError(f"{rows} rows do not split into grpo.num_minibatches={m} equal parts")
+  if key is None:
+    orders = jnp.broadcast_to(jnp.arange(rows), (epochs, rows))
+  else:
+    orders = jax.vmap(lambda k: jax.random.permutation(k, rows))(jax.random.split(key, epochs))
+  idx = orders.reshape(epochs * m, rows // m)
+  minibatches = {k: v[idx] for k, v in batch.items()}  # [E*M, rows/M, ...]
+  step = functools.partial(_minibatch_step, model, cfg, optimizer)
+  (params, opt_state), metrics = jax.lax.scan(step, (params, opt_state), minibatches)
+  out = {k: v.mean() for k, v in metrics.items()}
+  out["nonfinite"] = metrics["nonfinite"].sum()
+  return params, opt_state, out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,13 +166,31 @@ def make_update(
   optimizer: optax.GradientTransformation,
   shardings: Shardings,
 ):
-  """The jitted step `(params, opt_state, batch) -> (params, opt_state, metrics)`."""
-  return jax.jit(
-    functools.partial(update_step, model, cfg, optimizer),
-    in_shardings=(shardings.params, shardings.opt_state, shardings.batch),
-    out_shardings=(shardings.params, shardings.opt_state, None),
-    donate_argnums=(0, 1),
-  )
+  """The jitted step `(params, opt_state, batch, key=None) -> (params, opt_state, metrics)`.
+
+  `key` (a replicated PRNG key) shuffles rows between mini-batches; without it the order
+  is fixed. Params and optimizer state are donated.
+  """
+  fn = functools.partial(update_step, model, cfg, optimizer)
+  replicated = NamedSharding(shardings.batch["adv"].mesh, PartitionSpec())
+  compiled = {}
+
+  def step(params, opt_state, batch, key=None):
+    # One jit per batch layout (with or without ref_logp) and key use.
+    sig = (tuple(sorted(batch)), key is None)
+    if sig not in compiled:
+      ins = (shardings.params, shardings.opt_state, {k: shardings.batch[k] for k in batch})
+      ins = ins if key is None else (*ins, replicated)
+      compiled[sig] = jax.jit(
+        fn,
+        in_shardings=ins,
+        out_shardings=(shardings.params, shardings.opt_state, None),
+        donate_argnums=(0, 1),
+      )
+    args = (params, opt_state, batch) if key is None else (params, opt_state, batch, key)
+    return compiled[sig](*args)
+
+  return step
 
 
 def init_sharded(
