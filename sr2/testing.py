@@ -165,6 +165,15 @@ class ScriptedSampler:
     return state
 
 
+  def truncate(self, state, rows, lengths):
+    for r, n in zip(rows, lengths, strict=True):
+      state.tokens[r, n:] = 0
+      state.logprobs[r, n:] = 0.0
+      state.lengths[r] = n
+      state.done[r], state.finish[r] = False, 0
+    return state
+
+
 class ListRetriever:
   """A retriever over a fixed list of passages that returns passages whose title is in the query."""
 

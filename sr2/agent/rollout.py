@@ -73,6 +73,8 @@ class Record:
   segments: list[Segment] = dataclasses.field(default_factory=list)
   queries: list[str] = dataclasses.field(default_factory=list)
   doc_ids: list[list[str]] = dataclasses.field(default_factory=list)
+  query_turns: list[int] = dataclasses.field(default_factory=list)  # turn of each query
+  turn_kinds: list[str] = dataclasses.field(default_factory=list)  # parsed kind of each turn
   invalid_turns: int = 0
   turns: int = 0
   finish: str | None = None  # why the trajectory ended; None while it runs
@@ -156,6 +158,7 @@ def continue_rollout(
       rec.turns += 1
       turn = protocol.parse_turn(tok.decode(tokens[r, before[r] : lengths[r]].tolist()))
       code = int(finish[r])
+      rec.turn_kinds.append(turn.kind)
       rec.invalid_turns += turn.kind == "invalid"
       if turn.kind == "answer":
         rec.finish, rec.answer = "answer", turn.answer
@@ -177,6 +180,7 @@ def continue_rollout(
       hits = retriever.search([q for _, q in searches], k=config.top_k)
       for (r, query), row_hits in zip(searches, hits, strict=True):
         records[r].queries.append(query)
+        records[r].query_turns.append(records[r].turns - 1)
         records[r].doc_ids.append([h.id for h in row_hits])
         docs = format_documents(row_hits, tokenizer=tok, max_tokens=config.max_obs_tokens)
         chunks[r] = ("observation", tok.encode(protocol.format_observation(docs)))
@@ -195,6 +199,39 @@ def continue_rollout(
       payload.append(ids)
     if rows:
       state = sampler.append(params, state, rows, payload)
+
+
+def rewind(
+  sampler: Sampler,
+  state: SamplingState,
+  records: list[Record],
+  rows: Sequence[int],
+  steps: Sequence[int],
+) -> SamplingState:
+  """Moves each row back to just before its assistant step `steps[i]` (1-based).
+
+  Steps 1..j-1 stay as they were: their tokens, log-probs and KV-cache entries (the
+  sampler truncates the row; nothing is re-encoded), their observations, queries and
+  retrieved ids. The row is live again with `j - 1` turns used, so `continue_rollout`
+  regenerates the rest within the remaining turn budget. This is the Meta-Refiner's cut.
+  """
+  lengths = []
+  for r, j in zip(rows, steps, strict=True):
+    rec = records[r]
+    model = [seg for seg in rec.segments if seg.kind == "model"]
+    if isinstance(j, bool) or not isinstance(j, int | np.integer) or not 1 <= j <= len(model):
+      raise ValueError(f"row {r}: step must be an int in [1, {len(model)}], got {j!r}")
+    turn, start = model[j - 1].turn, model[j - 1].start
+    keep = [i for i, t in enumerate(rec.query_turns) if t < turn]
+    rec.queries = [rec.queries[i] for i in keep]
+    rec.doc_ids = [rec.doc_ids[i] for i in keep]
+    rec.query_turns = [rec.query_turns[i] for i in keep]
+    rec.segments = [seg for seg in rec.segments if seg.turn < turn]
+    rec.turn_kinds = rec.turn_kinds[:turn]
+    rec.invalid_turns = sum(k == "invalid" for k in rec.turn_kinds)
+    rec.turns, rec.finish, rec.answer = turn, None, None
+    lengths.append(start)
+  return sampler.truncate(state, list(rows), lengths)
 
 
 def finish_rollout(state: SamplingState, records: list[Record], tokenizer) -> list[Trajectory]:

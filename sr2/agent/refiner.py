@@ -1,0 +1,283 @@
+"""The Meta-Refiner: judge each trajectory, cut at the earliest flawed step, regenerate.
+
+PAPER.md §2.2 (Algorithm 1) with the decisions of DESIGN.md:
+  - The refiner is the Actor's own params under the Meta-Refiner prompt (`refiner_prompt`
+    over the question and the trajectory's assistant steps with their TOOL outputs).
+  - One forward pass per trajectory scores the single-token choices "0".."n" right after
+    the prompt (n = the trajectory's steps): lp_j = log p(str(j) | prompt), full softmax.
+  - Revise iff  log p(revise) − lp_0 ≥ margin, with log p(revise) = logsumexp_{j≥1} lp_j
+    (`aggregate="logsumexp"`, the summed mass; equivalent to τ = 0.5 on p("0") at margin 0)
+    or max_{j≥1} lp_j (`aggregate="max"`).
+  - The flawed step j is drawn from softmax(lp_1..lp_n) during training and is the argmax
+    at evaluation. The cut keeps steps 1..j−1 (tokens, masks, log-probs and KV cache, see
+    `rollout.rewind`) and the Actor regenerates the rest in the turns left.
+  - Up to `max_revisions` rounds; a round judges only the rows revised in the round before,
+    and the last revision is returned without another judgement (Algorithm 1).
+  - Each judgement is a `Decision`: the refiner prompt, the emitted token ("0" when
+    accepting) and its log-prob, which joint optimisation trains on (rl/joint.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sr2.agent.rollout import (
+  Record,
+  Retriever,
+  RolloutConfig,
+  Trajectory,
+  continue_rollout,
+  finish_rollout,
+  rewind,
+)
+from sr2.data.prompts import refiner_prompt
+from sr2.models import transformer
+from sr2.models.config import ModelConfig
+from sr2.sampling import Sampler, SamplingState
+
+AGGREGATES = ("logsumexp", "max")
+MAX_CHOICES = 10  # "0".."9": one token each in every tokenizer sr2 uses
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinerConfig:
+  """The Meta-Refiner (config.refiner).
+
+  Attributes:
+    enabled: run it during training rollouts (the "+MR" arms and Search-R2).
+    max_revisions: N_max, judge-and-revise rounds per trajectory (paper: 1; Table 4: 1-4).
+    margin: revise iff log p(revise) − log p("0") ≥ margin (paper: 0.0).
+    aggregate: "logsumexp" (mass over 1..n) or "max" (best single index) for p(revise).
+    joint: joint optimisation; the decisions enter the GRPO batch (full Search-R2). Off for
+      the "+MR" and "+MR+PR" ablations.
+    max_prompt_tokens: longer refiner prompts are not judged (accepted, and counted).
+    use_at_eval: run it (argmax cut) when evaluating; the paper evaluates without it.
+  """
+
+  enabled: bool = False
+  max_revisions: int = 1
+  margin: float = 0.0
+  aggregate: str = "logsumexp"
+  joint: bool = True
+  max_prompt_tokens: int = 2048
+  use_at_eval: bool = False
+
+  def __post_init__(self):
+    if isinstance(self.max_revisions, bool) or not (
+      isinstance(self.max_revisions, int) and self.max_revisions >= 1
+    ):
+      raise ValueError(f"refiner.max_revisions={self.max_revisions!r}; expected an int >= 1")
+    if self.aggregate not in AGGREGATES:
+      raise ValueError(f"refiner.aggregate={self.aggregate!r}; expected one of {AGGREGATES}")
+    if self.max_prompt_tokens < 2:
+      raise ValueError(f"refiner.max_prompt_tokens={self.max_prompt_tokens}; expected >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+  """One judgement of one trajectory.
+
+  Attributes:
+    prompt_ids: the refiner prompt, tokenised.
+    choice_logprobs: lp_0..lp_n (log p of "0".."n" after the prompt).
+    revise: the gate's verdict.
+    step: 0 when accepting, else the flagged (earliest flawed) step j in 1..n.
+    token: the emitted token id, that of str(step).
+    logprob: lp_step, the sampling log-prob of `token` (the old log-prob for GRPO).
+  """
+
+  prompt_ids: tuple[int, ...]
+  choice_logprobs: tuple[float, ...]
+  revise: bool
+  step: int
+  token: int
+  logprob: float
+
+  @property
+  def revise_margin(self) -> float:
+    """logsumexp_{j≥1} lp_j − lp_0 (how far the gate leaned to revising)."""
+    lp = np.asarray(self.choice_logprobs)
+    return float(np.logaddexp.reduce(lp[1:]) - lp[0])
+
+
+def choice_ids(tokenizer, n: int) -> list[int]:
+  """Token ids of "0".."n"; each must be a single token."""
+  if not 1 <= n < MAX_CHOICES:
+    raise ValueError(f"the refiner scores 1 to {MAX_CHOICES - 1} steps, got {n}")
+  ids = [tokenizer.encode(str(j)) for j in range(n + 1)]
+  bad = [str(j) for j, t in enumerate(ids) if len(t) != 1]
+  if bad:
+    raise ValueError(f"the refiner needs single-token digits; {bad} are not one token")
+  return [t[0] for t in ids]
+
+
+def trajectory_steps(trajectory: Trajectory, tokenizer) -> list[tuple[str, str | None]]:
+  """(assistant text, tool text or None) per assistant step, from the token masks."""
+  ids = np.asarray(trajectory.response_ids)
+  mask = np.asarray(trajectory.loss_mask, bool)
+  out = []
+  for start, end in trajectory.steps:
+    model = ids[start:end][mask[start:end]].tolist()
+    tool = ids[start:end][~mask[start:end]].tolist()
+    out.append((tokenizer.decode(model), tokenizer.decode(tool).strip() if tool else None))
+  return out
+
+
+def prompt_ids(tokenizer, question: str, steps: Sequence[tuple[str, str | None]]) -> list[int]:
+  """The refiner prompt for `question` and the steps; the choice token follows directly."""
+  steps = [(a if a.strip() else "(empty)", t) for a, t in steps]
+  return tokenizer.encode(refiner_prompt(question, steps))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _next_token_logprobs(config: ModelConfig, params, tokens_BxT, last_B, choices_BxC):
+  """log softmax of the logits after position last[b], at the token ids choices[b]."""
+  logits = transformer.forward(config, params, tokens_BxT)
+  last = jnp.take_along_axis(logits, last_B[:, None, None], axis=1)[:, 0]
+  logp = jax.nn.log_softmax(last.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp, choices_BxC, axis=-1)
+
+
+def score_choices(
+  model: ModelConfig,
+  params,
+  prompts: Sequence[Sequence[int]],
+  choices: Sequence[Sequence[int]],
+  pad_id: int = 0,
+  buckets: Sequence[int] = (128, 256, 384, 512, 768, 1024, 1536, 2048),
+) -> list[np.ndarray]:
+  """log p(c | prompt) for each prompt's candidate next tokens, in one batched pass."""
+  if not prompts:
+    return []
+  longest = max(len(p) for p in prompts)
+  length = next((b for b in buckets if b >= longest), longest)
+  width = max(len(c) for c in choices)
+  tokens = np.full((len(prompts), length), pad_id, np.int32)
+  cand = np.zeros((len(prompts), width), np.int32)
+  for i, (p, c) in enumerate(zip(prompts, choices, strict=True)):
+    tokens[i, : len(p)] = p
+    cand[i, : len(c)] = c
+  last = np.asarray([len(p) - 1 for p in prompts], np.int32)
+  out = np.asarray(_next_token_logprobs(model, params, tokens, last, cand))
+  return [out[i, : len(c)] for i, c in enumerate(choices)]
+
+
+def decide(
+  choice_logprobs: np.ndarray, config: RefinerConfig, rng: np.random.Generator | None
+) -> tuple[bool, int]:
+  """(revise, step) from lp_0..lp_n; step is sampled with `rng`, else the argmax."""
+  lp = np.asarray(choice_logprobs, np.float64)
+  rest = lp[1:]
+  revise_lp = np.logaddexp.reduce(rest) if config.aggregate == "logsumexp" else rest.max()
+  if not revise_lp - lp[0] >= config.margin:
+    return False, 0
+  if rng is None:
+    return True, int(np.argmax(rest)) + 1
+  p = np.exp(rest - rest.max())
+  return True, int(rng.choice(len(rest), p=p / p.sum())) + 1
+
+
+def judge(
+  model: ModelConfig,
+  params,
+  tokenizer,
+  items: Sequence[tuple[str, Sequence[tuple[str, str | None]]]],
+  config: RefinerConfig,
+  rng: np.random.Generator | None = None,
+) -> list[Decision | None]:
+  """Decisions for (question, steps) items in one forward pass; None where not judged.
+
+  An item is not judged (None, i.e. accepted without a decision sample) when it has no
+  steps, more than 9 steps, or a prompt longer than `config.max_prompt_tokens`.
+  """
+  prompts, choices, where = [], [], []
+  for i, (question, steps) in enumerate(items):
+    if not 1 <= len(steps) < MAX_CHOICES:
+      continue
+    ids = prompt_ids(tokenizer, question, steps)
+    if len(ids) > config.max_prompt_tokens:
+      continue
+    prompts.append(ids)
+    choices.append(choice_ids(tokenizer, len(steps)))
+    where.append(i)
+  out: list[Decision | None] = [None] * len(items)
+  scores = score_choices(model, params, prompts, choices, tokenizer.pad_id or 0)
+  for i, p, c, lp in zip(where, prompts, choices, scores, strict=True):
+    revise, step = decide(lp, config, rng)
+    out[i] = Decision(tuple(p), tuple(float(x) for x in lp), revise, step, c[step], float(lp[step]))
+  return out
+
+
+@dataclasses.dataclass
+class Refined:
+  """What `refine` returns.
+
+  Attributes:
+    state: the sampler state after the last regeneration.
+    trajectories: the final trajectories (the mixture policy's samples).
+    drafts: the Actor's first trajectories, before any revision.
+    decisions: per row, its decisions in order (empty if never judged).
+  """
+
+  state: SamplingState
+  trajectories: list[Trajectory]
+  drafts: list[Trajectory]
+  decisions: list[list[Decision]]
+
+  @property
+  def revised(self) -> np.ndarray:
+    """Per row: was the draft revised at least once (bool [B])."""
+    return np.asarray([any(d.revise for d in ds) for ds in self.decisions], bool)
+
+
+def refine(
+  sampler: Sampler,
+  params,
+  state: SamplingState,
+  records: list[Record],
+  questions: Sequence[str],
+  retriever: Retriever,
+  rollout_config: RolloutConfig,
+  config: RefinerConfig,
+  rng: np.random.Generator | None = None,
+  judge_fn: Callable | None = None,
+) -> Refined:
+  """Algorithm 1 on a finished rollout batch (`state`, `records` from `continue_rollout`).
+
+  `rng` samples the cut (training); None takes the argmax (evaluation). Rows are judged
+  together, and every revised row regenerates in the same decode calls. `judge_fn(items,
+  rng)` replaces the model's judgement (`judge` with these params) — a scripted refiner
+  in tests, or a refiner with params of its own.
+  """
+  tok = sampler.tokenizer
+  if len(questions) != len(records):
+    raise ValueError(f"{len(questions)} questions for {len(records)} rollout rows")
+  trajs = finish_rollout(state, records, tok)
+  drafts = list(trajs)
+  decisions: list[list[Decision]] = [[] for _ in trajs]
+  pending = [i for i, r in enumerate(records) if r.finish != "prompt_too_long"]
+  for _ in range(config.max_revisions):
+    items = [(questions[i], trajectory_steps(trajs[i], tok)) for i in pending]
+    if judge_fn is None:
+      verdicts = judge(sampler.model, params, tok, items, config, rng)
+    else:
+      verdicts = judge_fn(items, rng)
+    revised = []
+    for i, d in zip(pending, verdicts, strict=True):
+      if d is not None:
+        decisions[i].append(d)
+        if d.revise:
+          revised.append(i)
+    if not revised:
+      break
+    state = rewind(sampler, state, records, revised, [decisions[i][-1].step for i in revised])
+    state = continue_rollout(sampler, params, state, records, retriever, rollout_config)
+    trajs = finish_rollout(state, records, tok)
+    pending = revised
+  return Refined(state, trajs, drafts, decisions)

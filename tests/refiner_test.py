@@ -1,0 +1,255 @@
+"""The Meta-Refiner: the gate, the cut, regeneration, and the batched judgement."""
+
+import jax
+import numpy as np
+import pytest
+
+from sr2 import models
+from sr2.agent import refiner
+from sr2.agent.refiner import Decision, RefinerConfig
+from sr2.agent.rollout import (
+  RolloutConfig,
+  continue_rollout,
+  finish_rollout,
+  rewind,
+  start_rollout,
+)
+from sr2.retrieval import BM25Index
+from sr2.sampling import Sampler, SamplingConfig, Temperature
+from sr2.testing import ListRetriever, ScriptedSampler, tiny_byte_tokenizer
+
+PASSAGES = [
+  {"id": "p1", "title": "Vorla", "text": "Vorla was born in Brezum."},
+  {"id": "p2", "title": "Brezum", "text": "Brezum is a city in Kelt."},
+  {"id": "p3", "title": "Kelt", "text": "Kelt is a country."},
+  {"id": "p4", "title": "Mirod", "text": "Mirod is a river."},
+]
+TOK = tiny_byte_tokenizer()
+T1 = "<think>Vorla first.</think>\n<search> Vorla </search>"
+T2_BAD = "<think>Wrong lead.</think>\n<search> Mirod </search>"
+T3_BAD = "<think>So a river.</think>\n<answer> Mirod </answer>"
+T2_GOOD = "<think>Now Brezum.</think>\n<search> Brezum </search>"
+T3_GOOD = "<think>So Kelt.</think>\n<answer> Kelt </answer>"
+
+
+def _scripted(flag):
+  """A scripted refiner: `flag(i, round)` is the step it flags (0 accepts)."""
+  rounds = {"n": 0}
+
+  def judge_fn(items, rng):
+    out = []
+    for i, (_question, steps) in enumerate(items):
+      j = flag(i, rounds["n"], steps)
+      lp = np.full(len(steps) + 1, -5.0)
+      lp[j] = -0.1
+      out.append(Decision((1, 2), tuple(lp), j > 0, j, 100 + j, float(lp[j])))
+    rounds["n"] += 1
+    return out
+
+  return judge_fn
+
+
+def _draft(scripts, max_turns=4):
+  sampler = ScriptedSampler(TOK, scripts)
+  retriever = ListRetriever(PASSAGES)
+  prompts = [TOK.encode(f"Question {i}: where was Vorla born?\n") for i in range(len(scripts))]
+  state, records = start_rollout(sampler, None, prompts, None)
+  cfg = RolloutConfig(max_turns=max_turns)
+  state = continue_rollout(sampler, None, state, records, retriever, cfg)
+  return sampler, retriever, state, records, cfg
+
+
+def test_scripted_flag_regenerates_exactly_from_step_j():
+  # Row 0 drafts T1, T2_BAD, T3_BAD, then (after the cut at step 2) writes T2_GOOD, T3_GOOD.
+  sampler, retriever, state, records, cfg = _draft(
+    [[T1, T2_BAD, T3_BAD, T2_GOOD, T3_GOOD], [T1, T2_GOOD, T3_GOOD]]
+  )
+  draft = finish_rollout(state, records, TOK)
+  out = refiner.refine(
+    sampler,
+    None,
+    state,
+    records,
+    ["q0", "q1"],
+    retriever,
+    cfg,
+    RefinerConfig(),
+    judge_fn=_scripted(lambda i, n, steps: 2 if i == 0 else 0),
+  )
+  new, old = out.trajectories[0], draft[0]
+  cut = old.steps[1][0]  # step 2 starts here
+  assert new.response_ids[:cut] == old.response_ids[:cut]
+  assert new.loss_mask[:cut] == old.loss_mask[:cut]
+  assert new.logprobs[:cut] == old.logprobs[:cut]
+  assert new.answer == "Kelt" and old.answer == "Mirod"
+  assert new.queries == ["Vorla", "Brezum"] and new.doc_ids == [["p1"], ["p2"]]
+  assert new.num_turns == 3 and new.steps[0] == old.steps[0]
+  assert TOK.decode(new.response_ids[cut:]).startswith(T2_GOOD)
+  assert out.trajectories[1] == draft[1]  # accepted: identical
+  assert out.drafts == draft
+  assert [len(d) for d in out.decisions] == [1, 1] and out.revised.tolist() == [True, False]
+  assert retriever.calls[-1] == ["Brezum"]  # only the cut row searched again
+
+
+def test_scripted_accept_leaves_trajectories_identical():
+  sampler, retriever, state, records, cfg = _draft([[T1, T2_GOOD, T3_GOOD]])
+  draft = finish_rollout(state, records, TOK)
+  calls = sampler.decode_calls
+  out = refiner.refine(
+    sampler,
+    None,
+    state,
+    records,
+    ["q"],
+    retriever,
+    cfg,
+    RefinerConfig(max_revisions=3),
+    judge_fn=_scripted(lambda i, n, steps: 0),
+  )
+  assert out.trajectories == draft and sampler.decode_calls == calls
+  assert len(out.decisions[0]) == 1 and out.decisions[0][0].step == 0
+
+
+def test_cut_keeps_turn_budget_and_rounds_judge_only_revised_rows():
+  # max_turns=3: a cut at step 3 leaves exactly one turn; round 2 judges only row 0.
+  sampler, retriever, state, records, cfg = _draft(
+    [[T1, T2_GOOD, T3_BAD, T3_GOOD, T3_GOOD], [T1, T2_GOOD, T3_GOOD]], max_turns=3
+  )
+  out = refiner.refine(
+    sampler,
+    None,
+    state,
+    records,
+    ["q0", "q1"],
+    retriever,
+    cfg,
+    RefinerConfig(max_revisions=2),
+    judge_fn=_scripted(lambda i, n, steps: 3 if i == 0 else 0),  # i indexes the judged rows
+  )
+  t = out.trajectories[0]
+  assert t.num_turns == 3 and t.answer == "Kelt" and t.queries == ["Vorla", "Brezum"]
+  # Round 0 judged both rows, round 1 only the revised one; the last revision is not judged.
+  assert [len(d) for d in out.decisions] == [2, 1]
+  assert [d.step for d in out.decisions[0]] == [3, 3]
+
+
+def test_rewind_rejects_steps_out_of_range():
+  sampler, _, state, records, _ = _draft([[T1, T3_GOOD]])
+  with pytest.raises(ValueError, match=r"step must be an int in \[1, 2\]"):
+    rewind(sampler, state, records, [0], [3])
+
+
+def test_decide_gate_aggregate_margin_and_cut():
+  lp = np.log([0.4, 0.35, 0.25])  # p("0")=.4, p(revise)=.6 summed, best single .35
+  assert refiner.decide(lp, RefinerConfig(), None) == (True, 1)
+  assert refiner.decide(lp, RefinerConfig(aggregate="max"), None) == (False, 0)
+  # log(.6/.4) = 0.405: a margin of 0.5 keeps the draft, 0.4 revises.
+  assert refiner.decide(lp, RefinerConfig(margin=0.5), None) == (False, 0)
+  assert refiner.decide(lp, RefinerConfig(margin=0.4), None)[0]
+  # Sampled cuts follow softmax(lp_1..n) = (.583, .417).
+  rng = np.random.default_rng(0)
+  draws = [refiner.decide(lp, RefinerConfig(), rng)[1] for _ in range(4000)]
+  assert abs(np.mean(np.asarray(draws) == 1) - 0.35 / 0.6) < 0.03
+
+
+def test_judge_scores_equal_a_forward_pass_and_batch():
+  tok = tiny_byte_tokenizer()
+  config = models.preset("tiny", vocab_size=len(tok), n_layers=2)
+  params = models.init_params(config, jax.random.key(0), std=0.3)
+  items = [
+    (
+      "Where was Vorla born?",
+      [(T1, "Doc 1(Title: Vorla) Vorla was born in Brezum."), (T3_BAD, None)],
+    ),
+    ("Where?", [(T3_GOOD, None)]),
+  ]
+  ds = refiner.judge(config, params, tok, items, RefinerConfig(), None)
+  for (q, steps), d in zip(items, ds, strict=True):
+    ids = refiner.prompt_ids(tok, q, steps)
+    logits = models.forward(config, params, np.asarray([ids], np.int32))[0, -1]
+    want = jax.nn.log_softmax(logits)[np.asarray(refiner.choice_ids(tok, len(steps)))]
+    np.testing.assert_allclose(d.choice_logprobs, want, atol=1e-5)
+    assert d.prompt_ids == tuple(ids) and d.token == refiner.choice_ids(tok, len(steps))[d.step]
+    assert d.logprob == pytest.approx(d.choice_logprobs[d.step])
+  # Too long a prompt is not judged.
+  assert refiner.judge(config, params, tok, items, RefinerConfig(max_prompt_tokens=8)) == [
+    None,
+    None,
+  ]
+
+
+def test_real_sampler_cut_keeps_cache_and_greedy_regenerates_the_same():
+  tok = tiny_byte_tokenizer()
+  config = models.preset("tiny", vocab_size=len(tok), n_layers=2)
+  params = models.init_params(config, jax.random.key(0), std=0.3)
+  sampler = Sampler(config, tok, SamplingConfig(max_len=256))
+  index = BM25Index.build(PASSAGES)
+  cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
+  prompts = [tok.encode("<search> Vorla </search>"), tok.encode("Kelt? <search>")]
+  state, records = start_rollout(sampler, params, prompts, None)
+  state = continue_rollout(sampler, params, state, records, index, cfg)
+  draft = finish_rollout(state, records, tok)
+  rows = [r for r, t in enumerate(draft) if len(t.steps) >= 2]
+  assert rows, "the tiny model should take at least two turns somewhere"
+  r = rows[0]
+  cut = records[r].prompt_len + draft[r].steps[1][0]
+  before = [np.asarray(layer["k"][r, : cut - 1]) for layer in state.cache]
+  state = rewind(sampler, state, records, [r], [2])
+  # The prefix's cache entries survive the rewind untouched (no re-encoding).
+  for b, layer in zip(before, state.cache, strict=True):
+    np.testing.assert_array_equal(b, np.asarray(layer["k"][r, : cut - 1]))
+  assert int(state.lengths[r]) == cut and records[r].turns == 1
+  state = continue_rollout(sampler, params, state, records, index, cfg)
+  again = finish_rollout(state, records, tok)
+  # Greedy from the same prefix with an intact cache writes the same suffix again.
+  assert again[r] == draft[r]
+
+
+def test_sampled_regeneration_changes_only_the_suffix():
+  tok = tiny_byte_tokenizer()
+  config = models.preset("tiny", vocab_size=len(tok), n_layers=2)
+  params = models.init_params(config, jax.random.key(0), std=0.3)
+  sampler = Sampler(
+    config, tok, SamplingConfig(max_len=256, method=Temperature(1.0), logprobs="raw")
+  )
+  index = BM25Index.build(PASSAGES)
+  cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
+  prompts = [tok.encode("<search> Vorla </search>")] * 4
+  state, records = start_rollout(sampler, params, prompts, jax.random.key(3))
+  state = continue_rollout(sampler, params, state, records, index, cfg)
+  out = refiner.refine(
+    sampler,
+    params,
+    state,
+    records,
+    ["q"] * 4,
+    index,
+    cfg,
+    RefinerConfig(),
+    judge_fn=_scripted(lambda i, n, steps: 1),
+  )
+  for new, old in zip(out.trajectories, out.drafts, strict=True):
+    assert new.prompt_ids == old.prompt_ids
+  assert any(
+    n.response_ids != o.response_ids for n, o in zip(out.trajectories, out.drafts, strict=True)
+  )
+
+
+def test_choice_ids_need_single_tokens():
+  assert len(refiner.choice_ids(TOK, 4)) == 5
+  with pytest.raises(ValueError, match="1 to 9 steps"):
+    refiner.choice_ids(TOK, 10)
+
+  class Wide:
+    def encode(self, s):
+      return [1, 2]
+
+  with pytest.raises(ValueError, match="single-token digits"):
+    refiner.choice_ids(Wide(), 2)
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="max_revisions"):
+    RefinerConfig(max_revisions=0)
+  with pytest.raises(ValueError, match="aggregate"):
+    RefinerConfig(aggregate="mean")
