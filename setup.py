@@ -25,6 +25,8 @@ setuptools.setup(
     "absl-py",
     "chex",
     "tqdm",
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "matplotlib>=3.8",  # the training-curves PNG
     "numpy",
     "scipy",
   ],
