@@ -50,9 +50,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       invalid_feedback=True,  # feedback after an invalid turn
     )
   )
+  sft_steps = 4 if smoke else 400
   c.sft = ml_collections.ConfigDict(
     dict(
-      steps=4 if smoke else 300,  # warm-start steps
+      steps=sft_steps,  # warm-start steps (README: how this budget was chosen)
       batch_size=4 if smoke else 16,  # trajectories per step
     )
   )
@@ -60,6 +61,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     dict(
       lr=3e-3,  # AdamW peak learning rate of the warm start
       warmup_steps=2 if smoke else 20,  # linear warmup steps
+      decay_steps=sft_steps,  # cosine decay over the whole warm start
+      final_lr_ratio=0.1,  # the cosine ends at lr * this
       weight_decay=0.0,  # decoupled weight decay
     )
   )
@@ -71,6 +74,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       max_len=1024,  # sampler row capacity, tokens
       checkpoint_every=1 if smoke else 25,  # steps between checkpoints
       log_every=1,  # steps between metric lines
+      probe_every=0,  # steps between the drivers' probes (Meta-Refiner runs only)
+      progress=not smoke,  # progress bar on the console
     )
   )
   c.grpo = ml_collections.ConfigDict(
@@ -79,6 +84,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       clip_eps=0.2,  # PPO clip range
       kl_coef=0.001,  # KL to the SFT reference (paper: 0.001)
       loss_agg="seq-mean-token-mean",  # Eq. 2 aggregation
+      ppo_epochs=1,  # passes over each step's rollouts
+      num_minibatches=1,  # optimizer updates per pass
+      nonfinite="skip",  # NaN/Inf update: skip (and count) | stop
     )
   )
   c.opt = ml_collections.ConfigDict(
@@ -93,7 +101,26 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     dict(
       split="test",  # world split evaluated before and after RL
       limit=8 if smoke else 0,  # first N questions; 0 = all
-      batch_size=64,  # rows per rollout call
+      batch_size=8 if smoke else 60,  # rows per rollout call
+      every=1 if smoke else 25,  # dev evaluation every N GRPO steps; 0 = never
+      dev_limit=8 if smoke else 0,  # first N dev questions; 0 = all
+      use_refiner=False,  # Meta-Refiner at evaluation (the paper: off)
+    )
+  )
+  c.refiner = ml_collections.ConfigDict(
+    dict(
+      enabled=False,  # the Search-R1 baseline; configs/search_r2.py turns it on
+      max_revisions=1,  # N_max
+      margin=0.0,  # revise iff log p(revise) - log p("0") >= margin
+      aggregate="logsumexp",  # p(revise): logsumexp | max over the steps
+      joint=True,  # decisions trained with the trajectory's advantage (if enabled)
+      max_prompt_tokens=2048,  # longer refiner prompts are accepted unjudged
+    )
+  )
+  c.reward = ml_collections.ConfigDict(
+    dict(
+      process="none",  # outcome EM only (Search-R1) | lexical | llm (R = EM * (1 + process))
+      judge_max_new_tokens=64,  # llm judge: reply budget
     )
   )
   return c

@@ -3,6 +3,7 @@
 Names:
   sampler    decode speed of the sampler (`--help` for flags), optionally against HF generate
   retrieval  BM25 build and query speed against bm25s and rank-bm25
+  refiner    seconds per GRPO step with and without the Meta-Refiner (tiny world)
 """
 
 import sys
@@ -10,6 +11,7 @@ import sys
 BENCHMARKS = {
   "sampler": "sr2.sampling.benchmark:sampler_benchmark",
   "retrieval": "sr2.retrieval.benchmark:retrieval_benchmark",
+  "refiner": "sr2.rl.benchmark:refiner_benchmark",
 }
 
 

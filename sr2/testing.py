@@ -164,7 +164,6 @@ class ScriptedSampler:
       state.done[r], state.finish[r] = False, 0
     return state
 
-
   def truncate(self, state, rows, lengths):
     for r, n in zip(rows, lengths, strict=True):
       state.tokens[r, n:] = 0

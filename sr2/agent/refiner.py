@@ -57,7 +57,6 @@ class RefinerConfig:
     joint: joint optimisation; the decisions enter the GRPO batch (full Search-R2). Off for
       the "+MR" and "+MR+PR" ablations.
     max_prompt_tokens: longer refiner prompts are not judged (accepted, and counted).
-    use_at_eval: run it (argmax cut) when evaluating; the paper evaluates without it.
   """
 
   enabled: bool = False
@@ -66,7 +65,6 @@ class RefinerConfig:
   aggregate: str = "logsumexp"
   joint: bool = True
   max_prompt_tokens: int = 2048
-  use_at_eval: bool = False
 
   def __post_init__(self):
     if isinstance(self.max_revisions, bool) or not (

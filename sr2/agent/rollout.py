@@ -98,6 +98,7 @@ class Trajectory:
   steps: list[tuple[int, int]]
   queries: list[str]
   doc_ids: list[list[str]]
+  observations: list[str]  # per query, the documents' text as appended ("" if not appended)
   response: str
   answer: str | None  # from the turn that answered validly; None if none did
   finish: str
@@ -256,6 +257,11 @@ def finish_rollout(state: SamplingState, records: list[Record], tokenizer) -> li
         steps[-1] = (steps[-1][0], seg.end - p)
     response_ids = tokens[r, p:n].tolist()
     response = tokenizer.decode(response_ids)
+    obs = {seg.turn: seg for seg in rec.segments if seg.kind == "observation"}
+    observations = [
+      tokenizer.decode(tokens[r, obs[t].start : obs[t].end].tolist()).strip() if t in obs else ""
+      for t in rec.query_turns
+    ]
     out.append(
       Trajectory(
         prompt_ids=tokens[r, :p].tolist(),
@@ -266,6 +272,7 @@ def finish_rollout(state: SamplingState, records: list[Record], tokenizer) -> li
         steps=steps,
         queries=list(rec.queries),
         doc_ids=[list(d) for d in rec.doc_ids],
+        observations=observations,
         response=response,
         answer=rec.answer,
         finish=rec.finish or "running",

@@ -112,7 +112,7 @@ def run_sft(
   batch_size: int,
   pad_id: int,
   seed: int = 0,
-  buckets: Sequence[int] = (128, 256, 384, 512, 768, 1024),
+  buckets: Sequence[int] = (128, 256, 320, 384, 448, 512, 576, 640, 768, 1024),
   log: Callable[[int, dict], None] | None = None,
 ):
   """Trains for `steps` steps on shuffled epochs of `examples`; returns (params, opt_state)."""

@@ -1,0 +1,117 @@
+"""Search-R2 and its ablations (PAPER.md Tables 3, 4, 8 and Appendix G) on a backbone.
+
+  python experiments/train.py --config configs/search_r2.py:tiny_world,search_r2 --workdir DIR
+  python experiments/train.py --config configs/search_r2.py:smollm2,mr --workdir DIR
+
+The argument is `<backbone>,<arm>[,smoke]`; `smoke` (tiny_world only) runs every phase at
+toy sizes, as `configs/tiny_world.py:smoke` does.
+
+Backbones:
+  tiny_world   the embedded default (configs/tiny_world.py): SFT warm start, then GRPO.
+  smollm2      SmolLM2-135M-Instruct on HotpotQA (train split, BM25 over the pooled
+               paragraphs of the multi-hop train and dev files); runs on a CPU, slowly.
+  qwen2.5-7b, qwen3-8b, qwen2.5-32b-instruct
+               the paper's backbones and setting (PAPER.md §4): NQ+HotpotQA training mix,
+               G=5, 512 prompts per step, 300 steps, lr 1e-6 with warmup ratio 0.285, KL
+               0.001, 4 turns, top-3. Accelerators only. `model.source` must point at the
+               HF checkpoint directory (no hub here) and `data.corpus` at the retrieval
+               corpus (wiki-18 in the paper; the Wikipedia intros stand in).
+
+Arms (one switch each, so rows differ only in what they name):
+  search_r1      outcome reward only, no Meta-Refiner (the baseline)
+  mr             + Meta-Refiner (N_max 1), decisions not trained ("+Meta-Refiner")
+  mr_pr          + process reward (lexical judge) ("+Meta-Refiner + Process Reward")
+  search_r2      + joint optimisation of the refiner's decisions (full Search-R2)
+  nmax1..nmax4   Table 4: Meta-Refiner with N_max = 1..4, no process reward, no joint
+  search_r1_g10  Appendix G: Search-R1 with doubled rollouts (G = 10)
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+BACKBONES = ("tiny_world", "smollm2", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct")
+ARMS = ("search_r1", "mr", "mr_pr", "search_r2", "nmax1", "nmax2", "nmax3", "nmax4")
+ARMS += ("search_r1_g10",)
+_PAPER_SOURCES = {
+  "qwen2.5-7b": "/path/to/Qwen2.5-7B",  # base model (PAPER.md §2.1)
+  "qwen3-8b": "/path/to/Qwen3-8B",
+  "qwen2.5-32b-instruct": "/path/to/Qwen2.5-32B-Instruct",
+}
+
+
+def _tiny_world(variant: str) -> ml_collections.ConfigDict:
+  path = pathlib.Path(__file__).with_name("tiny_world.py")
+  spec = importlib.util.spec_from_file_location("tiny_world", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def _qa(backbone: str) -> ml_collections.ConfigDict:
+  c = _tiny_world("default")
+  paper = backbone != "smollm2"
+  c.model = ml_collections.ConfigDict(
+    dict(
+      source=_PAPER_SOURCES.get(backbone, "smollm2-135m-instruct"),  # HF dir or named model
+      dtype="bfloat16" if paper else "float32",  # params dtype
+      seed=0,  # init seed (preset: sources only)
+    )
+  )
+  c.data = ml_collections.ConfigDict(
+    dict(
+      source="qa",  # FlashRAG-format QA files
+      data_root="../shared/data",  # relative to the repo root
+      train=("qa/nq:train", "qa/hotpotqa:train") if paper else ("multihop/hotpotqa:train",),
+      dev=("qa/hotpotqa:dev",) if paper else ("multihop/hotpotqa:dev",),
+      test=(),  # () = the dev files
+      corpus="corpus/wiki_intros.jsonl" if paper else "",  # "" = pool multihop paragraphs
+      train_limit=0,  # first N rows per training file; 0 = all
+      eval_limit=0 if paper else 100,  # first N rows per dev/test file; 0 = all
+    )
+  )
+  c.sft.steps = 0  # RL starts from the checkpoint (PAPER.md §2.1)
+  c.rollout.max_turns = 4
+  c.rollout.top_k = 3
+  c.rollout.max_turn_tokens = 500 if paper else 128
+  c.rollout.max_obs_tokens = 500
+  c.rl.steps = 300 if paper else 50
+  c.rl.prompts_per_step = 512 if paper else 4
+  c.rl.max_len = 15000 if paper else 2560  # paper: context cap 15,000 tokens
+  c.rl.checkpoint_every = 25 if paper else 10
+  c.grpo.group_size = 5
+  c.grpo.kl_coef = 0.001
+  c.grpo.num_minibatches = 1  # paper: mini-batch 512 prompts = the whole step
+  c.opt.lr = 1e-6
+  c.opt.warmup_steps = 85 if paper else 10  # warmup ratio 0.285 of 300 steps
+  c.opt.weight_decay = 0.01
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=8 if paper else 1, tensor=1))
+  c.eval.split = "test"
+  c.eval.limit = 0
+  c.eval.batch_size = 64 if paper else 16
+  c.eval.every = 50 if paper else 0
+  c.eval.dev_limit = 512 if paper else 0
+  return c
+
+
+def get_config(arg: str = "tiny_world,search_r2") -> ml_collections.ConfigDict:
+  backbone, _, arm = arg.partition(",")
+  arm, _, variant = arm.partition(",")
+  if variant not in ("", "smoke") or (variant and backbone != "tiny_world"):
+    raise ValueError(f"unknown variant {variant!r}; only tiny_world has ',smoke'")
+  if backbone not in BACKBONES:
+    raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
+  if arm not in ARMS:
+    raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
+  c = _tiny_world(variant or "default") if backbone == "tiny_world" else _qa(backbone)
+  r, w = c.refiner, c.reward
+  r.enabled = arm not in ("search_r1", "search_r1_g10")
+  r.joint = arm == "search_r2"
+  r.max_revisions = int(arm[4:]) if arm.startswith("nmax") else 1
+  w.process = "lexical" if arm in ("mr_pr", "search_r2") else "none"
+  if arm == "search_r1_g10":
+    c.grpo.group_size = 10
+  if r.enabled and backbone == "tiny_world":
+    c.rl.probe_every = 1 if variant else 5  # the three drivers (rl/drivers.py)
+  return c

@@ -1,0 +1,128 @@
+"""Greedy evaluation inside a training run: EM on a split, and the Trimmer's accuracy.
+
+The Actor decodes greedily (the paper's validation decoding). With `use_refiner` the
+Meta-Refiner runs too, with argmax cuts (the paper evaluates without it). Trimmer accuracy
+(synthetic world only) judges rendered gold and corrupted trajectories whose first flawed
+step is known: the gate should accept gold ones and flag the others, and the Trimmer should
+name the known step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from sr2.agent.refiner import RefinerConfig, judge, refine
+from sr2.agent.rollout import continue_rollout, finish_rollout, start_rollout
+from sr2.rewards import exact_match
+from sr2.rl.task import Question, Task, TrimmerProbe
+from sr2.sampling import Sampler, SamplingConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Greedy evaluation (config.eval).
+
+  Attributes:
+    split: the split evaluated before and after RL.
+    limit: first N questions of that split; 0 = all.
+    batch_size: rows per rollout call (the last batch is padded, so programs compile once).
+    every: evaluate on the dev split every N GRPO steps; 0 = never.
+    dev_limit: first N dev questions for the periodic evaluation; 0 = all.
+    use_refiner: run the Meta-Refiner (argmax cuts) at evaluation too.
+  """
+
+  split: str = "test"
+  limit: int = 0
+  batch_size: int = 64
+  every: int = 0
+  dev_limit: int = 0
+  use_refiner: bool = False
+
+  def __post_init__(self):
+    for name in ("limit", "every", "dev_limit"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"eval.{name}={getattr(self, name)}; expected >= 0")
+    if self.batch_size < 1:
+      raise ValueError(f"eval.batch_size={self.batch_size}; expected >= 1")
+
+
+def evaluate(
+  task: Task,
+  params,
+  questions: Sequence[Question],
+  *,
+  batch_size: int,
+  max_len: int,
+  refiner: RefinerConfig | None = None,
+) -> dict[str, float]:
+  """Greedy rollouts: EM overall and per hop count, searches, turns (and revision rate)."""
+  sampler = Sampler(task.model, task.tokenizer, SamplingConfig(max_len=max_len))
+  trajs, revised = [], []
+  for i in range(0, len(questions), batch_size):
+    chunk = questions[i : i + batch_size]
+    prompts = [task.prompt_ids(q) for q in chunk]
+    state, records = start_rollout(sampler, params, prompts, None, batch=batch_size)
+    state = continue_rollout(sampler, params, state, records, task.retriever, task.rollout)
+    if refiner is not None:
+      out = refine(
+        sampler,
+        params,
+        state,
+        records,
+        [q.question for q in chunk],
+        task.retriever,
+        task.rollout,
+        refiner,
+        rng=None,
+      )
+      trajs += out.trajectories
+      revised += out.revised.tolist()
+    else:
+      trajs += finish_rollout(state, records, task.tokenizer)
+  em = np.asarray([exact_match(t.answer, q.golds) for t, q in zip(trajs, questions, strict=True)])
+  hops = np.asarray([q.hops for q in questions])
+  out = {
+    "em": float(em.mean()),
+    "n": len(questions),
+    "searches": float(np.mean([t.num_searches for t in trajs])),
+    "turns": float(np.mean([t.num_turns for t in trajs])),
+  }
+  out.update({f"em_{h}hop": float(em[hops == h].mean()) for h in sorted(set(hops.tolist())) if h})
+  if refiner is not None:
+    out["revision_rate"] = float(np.mean(revised))
+  return out
+
+
+def trimmer_accuracy(
+  task: Task, params, probes: Sequence[TrimmerProbe], config: RefinerConfig, batch_size: int = 64
+) -> dict[str, float]:
+  """Gate and Trimmer accuracy (argmax) on trajectories with a known first flawed step.
+
+  gate_acc: accept iff the trajectory is gold; trim_acc: among corrupted ones the gate
+  flagged, the flagged step is the known one; trim_recall: the same over all corrupted
+  ones (a missed flag counts as wrong); per corruption kind too.
+  """
+  decisions = []
+  for i in range(0, len(probes), batch_size):
+    chunk = probes[i : i + batch_size]
+    items = [(p.question, list(p.steps)) for p in chunk]
+    decisions += judge(task.model, params, task.tokenizer, items, config, rng=None)
+  flawed = np.asarray([p.flawed_step for p in probes])
+  step = np.asarray([d.step if d is not None else 0 for d in decisions])
+  bad = flawed > 0
+  flagged = step > 0
+  out = {
+    "gate_acc": float(np.mean(flagged == bad)),
+    "trim_recall": float(np.mean(step[bad] == flawed[bad])) if bad.any() else 0.0,
+    "trim_acc": float(np.mean(step[bad & flagged] == flawed[bad & flagged]))
+    if (bad & flagged).any()
+    else 0.0,
+  }
+  kinds = np.asarray([p.kind for p in probes])
+  for kind in sorted(set(kinds.tolist()) - {"gold"}):
+    sel = kinds == kind
+    out[f"trim_recall_{kind}"] = float(np.mean(step[sel] == flawed[sel]))
+  return out

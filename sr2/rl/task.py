@@ -1,0 +1,212 @@
+"""What a training run learns on: questions by split, a retriever, a tokenizer and a model.
+
+Two sources (`config.data.source`):
+  world  the synthetic world (data/world.py): a BPE tokenizer trained on the world's text,
+         a small model from `config.model` initialised at random, SFT examples rendered
+         from the gold trajectories, and corrupted trajectories with a known first flawed
+         step (to measure the Meta-Refiner's Trimmer).
+  qa     FlashRAG-format QA files named as the evaluation harness names them
+         (`qa/<name>[:split]`, `multihop/<set>[:split]` under `config.data.data_root`), BM25
+         over `config.data.corpus` (a JSONL corpus or a saved index dir) or, when empty,
+         over the pooled paragraphs of the named multi-hop files; the model and tokenizer
+         from `config.model.source` (`sr2.models.load`). No SFT: RL starts from the
+         checkpoint, as in the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from sr2 import models
+from sr2.agent.rollout import RolloutConfig
+from sr2.configlib import ConfigError, from_config
+from sr2.data import WorldConfig, actor_prompt, build_world
+from sr2.data.qa import read_qa_jsonl
+from sr2.data.trajectories import render_steps
+from sr2.data.world_tokenizer import train_tokenizer
+from sr2.retrieval import BM25Index, format_documents, pool_multihop_paragraphs, read_jsonl_corpus
+from sr2.rl import sft
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+SOURCES = ("world", "qa")
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+  """One question with what the rewards need: gold answers and gold supporting titles."""
+
+  id: str
+  question: str
+  golds: tuple[str, ...]
+  gold_titles: tuple[str, ...] = ()
+  hops: int = 0  # 0 when unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class TrimmerProbe:
+  """A rendered trajectory whose first flawed step is known (0 = none): Trimmer accuracy."""
+
+  question: str
+  steps: tuple[tuple[str, str | None], ...]
+  flawed_step: int
+  kind: str
+
+
+@dataclasses.dataclass
+class Task:
+  """Everything a run needs besides params. `init_params(seed)` gives the starting params."""
+
+  splits: dict[str, list[Question]]
+  retriever: Any
+  tokenizer: Any
+  model: models.ModelConfig
+  rollout: RolloutConfig
+  init_params: Callable[[int], Any]
+  sft_examples: list[sft.Example] = dataclasses.field(default_factory=list)
+  trimmer_probes: list[TrimmerProbe] = dataclasses.field(default_factory=list)
+
+  def split(self, name: str) -> list[Question]:
+    if name not in self.splits:
+      raise ConfigError(f"no split {name!r}; this task has {sorted(self.splits)}")
+    return self.splits[name]
+
+  def prompt_ids(self, question: Question) -> list[int]:
+    return self.tokenizer.encode(actor_prompt(question.question))
+
+  def search_text(self, query: str) -> str:
+    """The documents one search returns, formatted and capped as the rollout appends them."""
+    hits = self.retriever.search([query], k=self.rollout.top_k)[0]
+    return format_documents(hits, tokenizer=self.tokenizer, max_tokens=self.rollout.max_obs_tokens)
+
+
+def build_task(config) -> Task:
+  """The task of an experiment config (see the module docstring)."""
+  source = config.data.get("source", "world")
+  if source not in SOURCES:
+    raise ConfigError(f"config.data.source={source!r}; expected one of {SOURCES}")
+  rollout = from_config(RolloutConfig, config.rollout, "config.rollout")
+  return world_task(config, rollout) if source == "world" else qa_task(config, rollout)
+
+
+# --------------------------------------------------------------------------- world
+
+
+def world_task(config, rollout: RolloutConfig) -> Task:
+  world = build_world(from_config(WorldConfig, config.data.world, "config.data.world"))
+  index = BM25Index.build(world.passage_dicts())
+  raw_docs = lambda q: format_documents(index.search([q], k=rollout.top_k)[0])
+  train = world.split("train")
+  gold_text = [
+    "".join(a + (o or "") for a, o in render_steps(q.gold, raw_docs))
+    for q in train[: config.data.tokenizer_gold_texts]
+  ]
+  texts = world.texts() + [actor_prompt(q.question) for q in train] + gold_text
+  tok = train_tokenizer(texts, config.data.vocab_size)
+  model_fields = {k: v for k, v in config.model.to_dict().items() if k != "source"}
+  model = models.ModelConfig(**{**model_fields, "vocab_size": len(tok)})
+  titles = {pid: title for pid, title, _ in world.passages}
+
+  def question(q) -> Question:
+    gold = tuple(titles[s.gold_passage_id] for s in q.gold.steps if s.gold_passage_id)
+    return Question(q.id, q.question, (q.answer,), gold, q.hops)
+
+  task = Task(
+    splits={s: [question(q) for q in world.split(s)] for s in ("train", "dev", "test")},
+    retriever=index,
+    tokenizer=tok,
+    model=model,
+    rollout=rollout,
+    init_params=lambda seed: models.init_params(model, _key(seed)),
+  )
+  search = task.search_text
+  task.sft_examples = [
+    sft.trajectory_example(tok.encode(actor_prompt(q.question)), render_steps(q.gold, search), tok)
+    for q in train
+  ]
+  probes = []
+  for q in world.split("dev")[: config.data.get("trimmer_probes", 64)]:
+    for t in (q.gold, *q.corrupted):
+      probes.append(TrimmerProbe(q.question, tuple(render_steps(t, search)), t.flawed_step, t.kind))
+  task.trimmer_probes = probes
+  return task
+
+
+def _key(seed: int):
+  import jax
+
+  return jax.random.key(seed)
+
+
+# --------------------------------------------------------------------------- qa
+
+
+def _resolve(root: pathlib.Path, name: str, default_split: str) -> tuple[str, pathlib.Path]:
+  base, _, split = name.partition(":")
+  kind, _, set_name = base.partition("/")
+  if kind not in ("qa", "multihop") or not set_name or "/" in set_name:
+    raise ConfigError(f"config.data: {name!r}; expected qa/<name> or multihop/<set>[:split]")
+  path = root / kind / set_name / f"{split or default_split}.jsonl"
+  if not path.is_file():
+    raise ConfigError(f"config.data: {name!r} has no file {path}")
+  return kind, path
+
+
+def _questions(root: pathlib.Path, names: Sequence[str], split: str, limit: int) -> list[Question]:
+  out = []
+  for name in names:
+    kind, path = _resolve(root, name, split)
+    rows = read_qa_jsonl(path)
+    rows = rows[:limit] if limit else rows
+    for ex in rows:
+      gold_titles = ()
+      if kind == "multihop":
+        gold_titles = tuple(p.title for p in ex.paragraphs or () if p.is_supporting)
+      out.append(Question(ex.id, ex.question, tuple(ex.golden_answers), gold_titles))
+  return out
+
+
+def qa_task(config, rollout: RolloutConfig) -> Task:
+  d = config.data
+  root = (REPO_ROOT / d.data_root).resolve()
+  if not root.is_dir():
+    raise ConfigError(f"config.data.data_root: {root} is not a directory")
+  splits = {
+    "train": _questions(root, d.train, "train", d.get("train_limit", 0)),
+    "dev": _questions(root, d.dev, "dev", d.get("eval_limit", 0)),
+    "test": _questions(root, d.test or d.dev, "test" if d.test else "dev", d.get("eval_limit", 0)),
+  }
+  if d.corpus:
+    corpus = pathlib.Path(d.corpus)
+    corpus = corpus if corpus.is_absolute() else root / corpus
+    if corpus.is_dir():
+      index = BM25Index.load(corpus)
+    elif corpus.is_file():
+      index = BM25Index.build(read_jsonl_corpus(corpus))
+    else:
+      raise ConfigError(f"config.data.corpus: {corpus} does not exist")
+  else:
+    files = [_resolve(root, n, "train")[1] for n in (*d.train, *d.dev) if n.startswith("multihop/")]
+    if not files:
+      raise ConfigError("config.data.corpus is empty and no multihop/ set is named to pool")
+    index = BM25Index.build(pool_multihop_paragraphs(files))
+  spec = from_config(models.ModelSpec, config.model, "config.model")
+  loaded = models.build(spec)
+  if loaded.tokenizer is None:
+    raise ConfigError(f"config.model.source={spec.source!r} has no tokenizer to train with")
+  return Task(
+    splits=splits,
+    retriever=index,
+    tokenizer=loaded.tokenizer,
+    model=loaded.config,
+    rollout=rollout,
+    init_params=lambda seed: loaded.params,
+  )
+
+
+def hop_counts(questions: Sequence[Question]) -> np.ndarray:
+  return np.asarray([q.hops for q in questions])
