@@ -5,9 +5,12 @@ from sr2.models.tokenizer import Tokenizer, TokenizerError
 from sr2.models.transformer import (
   CACHE_AXES,
   forward,
+  forward_hidden,
   forward_with_cache,
+  head_params,
   init_cache,
   init_params,
+  logits_from_hidden,
   param_axes,
 )
 from sr2.models.weights import Model, WeightsError, build, load
@@ -23,10 +26,13 @@ __all__ = [
   "WeightsError",
   "build",
   "forward",
+  "forward_hidden",
   "forward_with_cache",
+  "head_params",
   "init_cache",
   "init_params",
   "load",
+  "logits_from_hidden",
   "param_axes",
   "preset",
 ]

@@ -151,11 +151,23 @@ def _mlp(layer, x_BxTxD):
   return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, layer["down"])
 
 
-def _logits(config, params, x_BxTxD):
+def logits_from_hidden(config: ModelConfig, params: Params, x_BxTxD: jax.Array) -> jax.Array:
+  """Final RMSNorm and LM head: float32 logits [B, T, V] from the last block's output.
+
+  logits = rms_norm(x) @ W,  W = embed^T (tied) or head (untied). Each position is
+  independent, so it can be applied to any slice of T (chunked log-probs rely on this).
+  Reads only `final_norm` and `embed` (tied) or `head` (untied) from `params`.
+  """
   x = rms_norm(x_BxTxD, params["final_norm"], config.norm_eps)
   if config.tie_embeddings:
     return jnp.einsum("btd,vd->btv", x, params["embed"], preferred_element_type=jnp.float32)
   return jnp.einsum("btd,dv->btv", x, params["head"], preferred_element_type=jnp.float32)
+
+
+def head_params(config: ModelConfig, params: Params) -> Params:
+  """The sub-pytree `logits_from_hidden` reads (final norm and output matrix)."""
+  key = "embed" if config.tie_embeddings else "head"
+  return {"final_norm": params["final_norm"], key: params[key]}
 
 
 def _check_tokens(tokens) -> None:
@@ -166,6 +178,41 @@ def _check_tokens(tokens) -> None:
 
 
 # --------------------------------------------------------------------------- forward
+
+
+def forward_hidden(
+  config: ModelConfig,
+  params: Params,
+  tokens_BxT: jax.Array,
+  positions_BxT: jax.Array | None = None,
+) -> jax.Array:
+  """Causal forward pass without a cache, stopping before the final norm and LM head.
+
+  forward(config, params, tokens) == logits_from_hidden(config, params, forward_hidden(...)).
+
+  Args:
+    config: the model's static config.
+    params: the params pytree.
+    tokens_BxT: integer token ids.
+    positions_BxT: positions (default 0..T-1); token t attends to tokens u with
+      position[u] <= position[t], so right padding never affects real tokens.
+
+  Returns:
+    the residual stream after the last block, [B, T, D] in the params' dtype (the final
+    RMSNorm is NOT applied; `logits_from_hidden` applies it).
+  """
+  _check_tokens(tokens_BxT)
+  if positions_BxT is None:
+    positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
+  mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
+  x = jnp.take(params["embed"], tokens_BxT, axis=0)
+  for layer in params["layers"]:
+    h = rms_norm(x, layer["attn_norm"], config.norm_eps)
+    q, k, v = _project_qkv(config, layer, h, positions_BxT)
+    attn = _attention(config, q, k, v, mask_BxTxT)
+    x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
+    x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
+  return x
 
 
 def forward(
@@ -186,18 +233,9 @@ def forward(
   Returns:
     float32 logits [B, T, V].
   """
-  _check_tokens(tokens_BxT)
-  if positions_BxT is None:
-    positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
-  mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
-  x = jnp.take(params["embed"], tokens_BxT, axis=0)
-  for layer in params["layers"]:
-    h = rms_norm(x, layer["attn_norm"], config.norm_eps)
-    q, k, v = _project_qkv(config, layer, h, positions_BxT)
-    attn = _attention(config, q, k, v, mask_BxTxT)
-    x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
-    x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
-  return _logits(config, params, x)
+  return logits_from_hidden(
+    config, params, forward_hidden(config, params, tokens_BxT, positions_BxT)
+  )
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> Cache:
@@ -262,4 +300,4 @@ def forward_with_cache(
     attn = _attention(config, q, ck[:, :span], cv[:, :span], mask_BxTxS)
     x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
     x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
-  return _logits(config, params, x), new_cache
+  return logits_from_hidden(config, params, x), new_cache

@@ -220,6 +220,7 @@ class GRPOConfig:
   ppo_epochs: int = 1  # passes over each step's rollouts (paper, inferred: 1)
   num_minibatches: int = 1  # optimizer updates per pass (paper, inferred: 1)
   nonfinite: str = "skip"  # a NaN/Inf loss or gradient: "skip" the update, or "stop"
+  logprob_chunk: int = 0  # positions per chunk of the LM head in the loss; 0 = unchunked
 
   def __post_init__(self):
     g = self.group_size
@@ -243,6 +244,8 @@ class GRPOConfig:
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ConfigError(f"grpo.{name}={v!r}; expected an integer >= 1")
+    if self.logprob_chunk < 0:
+      raise ConfigError(f"grpo.logprob_chunk={self.logprob_chunk}; expected >= 0 (0 = off)")
     if self.nonfinite not in NONFINITE_POLICIES:
       raise ConfigError(f"grpo.nonfinite={self.nonfinite!r}; expected one of {NONFINITE_POLICIES}")
 

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sr2.models import transformer
 from sr2.models.config import ModelConfig
 from sr2.parallel import AxisRules, tree_shardings
-from sr2.rl import grpo, sft
+from sr2.rl import grpo, logprobs
 
 BATCH_KEYS = ("tokens", "mask", "old_logp", "ref_logp", "adv")
 
@@ -62,9 +62,12 @@ def policy_batch(
   }
 
 
-def reference_logprobs(config: ModelConfig, ref_params, tokens_BxT) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def reference_logprobs(
+  config: ModelConfig, ref_params, tokens_BxT, chunk_size: int | None = None
+) -> jax.Array:
   """log p_ref of every target token, [B, T-1] (computed once per step, no gradient)."""
-  return sft.token_logprobs(config, ref_params, tokens_BxT)
+  return logprobs.token_logprobs(config, ref_params, tokens_BxT, chunk_size=chunk_size)
 
 
 def _minibatch_step(model, cfg, optimizer, carry, mb):
@@ -72,9 +75,18 @@ def _minibatch_step(model, cfg, optimizer, carry, mb):
   params, opt_state = carry
 
   def loss_fn(p):
-    logp = sft.token_logprobs(model, p, mb["tokens"])
+    logp, entropy = logprobs.token_logprobs(
+      model,
+      p,
+      mb["tokens"],
+      chunk_size=cfg.logprob_chunk or None,
+      with_entropy=True,
+      entropy_mask_BxT=mb["mask"],
+    )
+    if not cfg.entropy_coef:
+      entropy = jax.lax.stop_gradient(entropy)  # logged only
     ref = mb["ref_logp"] if cfg.kl_coef else None
-    return grpo.grpo_loss(logp, mb["old_logp"], ref, mb["adv"], mb["mask"], cfg)
+    return grpo.grpo_loss(logp, mb["old_logp"], ref, mb["adv"], mb["mask"], cfg, entropy=entropy)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   grad_norm = optax.tree.norm(grads)
