@@ -16,7 +16,7 @@ import numpy as np
 from sr2.agent.rollout import Trajectory
 from sr2.rewards import exact_match
 from sr2.rewards.hybrid import hybrid_reward
-from sr2.rewards.process import Collection, JudgeItem, LexicalJudge, LLMJudge
+from sr2.rewards.process import Collection, JudgeItem, LexicalJudge, ProcessConfig, make_judge
 from sr2.rl.task import Question, Task
 
 PROCESS = ("none", "lexical", "llm")
@@ -52,15 +52,11 @@ def judge_items(questions: Sequence[Question], trajs: Sequence[Trajectory]) -> l
   ]
 
 
-def _llm_judge(cfg: RewardConfig) -> LLMJudge:
+def _llm_judge(cfg: RewardConfig):
   from sr2 import models
-  from sr2.sampling import Sampler, SamplingConfig
 
-  m = models.load(cfg.judge_source)
-  if m.tokenizer is None:
-    raise ValueError(f"reward.judge_source={cfg.judge_source!r} has no tokenizer")
-  sampler = Sampler(m.config, m.tokenizer, SamplingConfig(max_len=4096, stop_strings=()))
-  return LLMJudge(sampler, m.params, cfg.judge_max_new_tokens)
+  config = ProcessConfig(judge="llm", max_new_tokens=cfg.judge_max_new_tokens)
+  return make_judge(config, models.load(cfg.judge_source))
 
 
 def make_reward_fn(cfg: RewardConfig, task: Task):
