@@ -2,7 +2,12 @@
 
 import importlib.util
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -70,3 +75,112 @@ def test_config_typo_fails_before_work(tmp_path):
   with pytest.raises(ConfigError, match="did you mean 'steps'"):
     train_and_evaluate(c, str(tmp_path))
   assert not (tmp_path / "metrics.jsonl").exists()
+
+
+# The child trains the smoke job and SIGKILLs itself right after starting the save of RL
+# step 2 (Orbax writes it in a background thread), so the process dies mid-save.
+_KILLED_CHILD = textwrap.dedent(
+  """
+  import os, signal, sys
+  sys.path.insert(0, "tests")
+  from sr2 import checkpoint
+  from trainer_test import _config
+  from sr2.rl.trainer import train_and_evaluate
+
+  save = checkpoint.Checkpointer.save
+  def save_then_die(self, step, state, **kw):
+    started = save(self, step, state, **kw)
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGKILL)
+    return started
+  checkpoint.Checkpointer.save = save_then_die
+  train_and_evaluate(_config(2), sys.argv[1])
+  """
+)
+
+
+def test_kill9_during_a_save_then_resume(straight, tmp_path):
+  workdir, want = straight
+  root = pathlib.Path(__file__).parents[1]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run(
+    [sys.executable, "-c", _KILLED_CHILD, str(tmp_path)], cwd=root, env=env, capture_output=True
+  )
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  ckpts = tmp_path / "checkpoints"
+  assert not (ckpts / "2").exists()  # step 2 never completed
+  assert (ckpts / "1").is_dir()
+  # Resume: continues from step 1, redoes step 2, and ends where the straight run ended.
+  got = train_and_evaluate(_config(2), str(tmp_path))
+  assert got["em_after_rl"] == want["em_after_rl"]
+  assert not list(ckpts.glob("*.orbax-checkpoint-tmp*"))
+  a, b = load_state(_config(2), str(workdir)), load_state(_config(2), str(tmp_path))
+  a["rng"], b["rng"] = jax.random.key_data(a["rng"]), jax.random.key_data(b["rng"])
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # Every RL step is logged once, with the straight run's values.
+  rows = [r for r in _rows(tmp_path) if r["phase"] == "rl"]
+  assert [r["step"] for r in rows] == [1, 2]
+  for r, w in zip(rows, [r for r in _rows(workdir) if r["phase"] == "rl"], strict=True):
+    assert r["loss"] == w["loss"] and r["reward"] == w["reward"]
+
+
+def _search_r2_config(arm):
+  path = pathlib.Path(__file__).parents[1] / "configs" / "search_r2.py"
+  spec = importlib.util.spec_from_file_location("search_r2", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(f"tiny_world,{arm},smoke")
+
+
+def test_search_r2_step_logs_refiner_rewards_and_drivers(tmp_path):
+  c = _search_r2_config("search_r2")
+  c.rl.steps = 1
+  summary = train_and_evaluate(c, str(tmp_path))
+  (row,) = [r for r in _rows(tmp_path) if r["phase"] == "rl"]
+  rows_g = c.rl.prompts_per_step * c.grpo.group_size
+  # Joint optimisation: one decision sample per judged trajectory joins the batch.
+  assert row["decision_rows"] == row["refiner/decisions"] > 0
+  assert row["batch_rows"] == rows_g + row["decision_rows"]
+  for key in (
+    "refiner/v_inter",
+    "drivers/a_prec",
+    "drivers/s_trim",
+    "drivers/g_bar",
+    "trimmer/gate_acc",
+    "trimmer/trim_recall",
+    "process",
+    "entropy",
+  ):
+    assert np.isfinite(row[key]), key
+  # The drivers' identity on this step's estimates.
+  assert row["drivers/delta_j_pred"] == pytest.approx(row["refiner/delta_j"], abs=1e-9)
+  assert 0 <= summary["em_after_rl"] <= 1
+
+
+def test_arms_differ_in_their_switches():
+  r1, mr, mrpr, r2 = (_search_r2_config(a) for a in ("search_r1", "mr", "mr_pr", "search_r2"))
+  assert not r1.refiner.enabled and r1.reward.process == "none"
+  assert mr.refiner.enabled and not mr.refiner.joint and mr.reward.process == "none"
+  assert mrpr.refiner.enabled and not mrpr.refiner.joint and mrpr.reward.process == "lexical"
+  assert r2.refiner.enabled and r2.refiner.joint and r2.reward.process == "lexical"
+  nmax3, g10 = _search_r2_config("nmax3"), _search_r2_config("search_r1_g10")
+  assert nmax3.refiner.max_revisions == 3 and not nmax3.refiner.joint
+  assert g10.grpo.group_size == 10 and not g10.refiner.enabled
+
+
+@pytest.mark.parametrize("backbone", ["smollm2", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct"])
+def test_paper_and_smollm2_configs_validate(backbone):
+  from sr2.rl.trainer import batch_rows, check_config
+
+  path = pathlib.Path(__file__).parents[1] / "configs" / "search_r2.py"
+  spec = importlib.util.spec_from_file_location("search_r2", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  typed = check_config(module.get_config(f"{backbone},search_r1"))
+  if backbone != "smollm2":  # PAPER.md §4: G=5, 512 prompts, 300 steps, lr 1e-6, KL 0.001
+    assert typed["grpo"].group_size == 5 and typed["rl"].prompts_per_step == 512
+    assert typed["rl"].steps == 300 and typed["grpo"].kl_coef == 0.001
+    assert batch_rows(typed["rl"], typed["grpo"], typed["refiner"]) == 2560
+  typed = check_config(module.get_config(f"{backbone},search_r2"))
+  assert typed["refiner"].enabled and typed["reward"].process == "lexical"

@@ -272,7 +272,9 @@ class RLLoop:
       got.trajectories, adv, decisions, rows=self.rows, pad_id=task.tokenizer.pad_id
     )
     # Queued on the device; the host goes on sharding the batch meanwhile.
-    batch["ref_logp"] = update.reference_logprobs(task.model, ref_params, batch["tokens"])
+    batch["ref_logp"] = update.reference_logprobs(
+      task.model, ref_params, batch["tokens"], s.grpo.logprob_chunk or None
+    )
     t_update = time.perf_counter()
     params, opt_state, m = self.update(
       params, opt_state, update.put_batch(batch, s.shardings), shuffle
@@ -315,9 +317,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   resumed = ckpt.latest_step() is not None
   state = ckpt.restore(like=template) if resumed else template
   metrics_path = workdir / "metrics.jsonl"
+  summary_path = workdir / "summary.json"
   if resumed:
     _drop_rows_after(metrics_path, int(state["step"]))
-  summary_path = workdir / "summary.json"
+  else:  # what a run killed before its first checkpoint left is redone from scratch
+    metrics_path.unlink(missing_ok=True)
+    summary_path.unlink(missing_ok=True)
   summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
   writer = MetricWriter(
     workdir, progress_total=rl.steps if rl.progress else None, progress_desc="GRPO"
