@@ -1,13 +1,16 @@
-"""Tests for sr2.retrieval.bm25: parity with rank-bm25 and bm25s, storage, cache, bad input."""
+"""Tests for sr2.retrieval.bm25: parity with rank-bm25 and bm25s, exactness of the pruned
+search against the brute-force sparse product, storage, cache, bad input."""
 
 import itertools
 import json
 import pathlib
+import random
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
-from sr2.retrieval import MAX_QUERY_CHARS, BM25Error, BM25Index, CorpusError, tokenize
+from sr2.retrieval import MAX_QUERY_CHARS, BM25Error, BM25Index, CorpusError, scoring, tokenize
 
 _DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 _WIKI = _DATA / "corpus" / "wiki_intros.jsonl"
@@ -110,6 +113,32 @@ def test_save_load_round_trip(tmp_path, wiki, questions):
   assert BM25Index.load(tmp_path / "ix").search(questions) == expected
   meta = json.loads((tmp_path / "ix" / "meta.json").read_text())
   assert meta["method"] == "okapi" and meta["num_passages"] == 500 and meta["version"] == 1
+  assert meta["term_bounds"] == "term_bounds.npy"
+  np.testing.assert_array_equal(
+    BM25Index.load(tmp_path / "ix")._postings.bounds, scoring.term_bounds(index._scores_VxN)
+  )
+
+
+def test_load_without_term_bounds_recomputes_them(tmp_path, wiki, questions):
+  """An index saved before term bounds existed (or re-saved since by such a version, which
+  leaves a stale file behind) has no "term_bounds" in meta.json: its bounds are recomputed."""
+  index = BM25Index.build(wiki[:500])
+  expected = index.search(questions, k=5)
+  index.save(tmp_path / "ix")
+  meta_path = tmp_path / "ix" / "meta.json"
+  meta = json.loads(meta_path.read_text())
+  del meta["term_bounds"]
+  meta_path.write_text(json.dumps(meta))
+  stale = np.zeros(meta["num_terms"], np.float32)  # would prune every passage if used
+  np.save(tmp_path / "ix" / "term_bounds.npy", stale)
+  loaded = BM25Index.load(tmp_path / "ix", cache_size=0)
+  assert loaded.search(questions, k=5) == expected
+  assert [loaded.search([q], k=5)[0] for q in questions] == expected
+  np.save(tmp_path / "ix" / "term_bounds.npy", np.zeros(3, np.float32))
+  meta["term_bounds"] = "term_bounds.npy"
+  meta_path.write_text(json.dumps(meta))
+  with pytest.raises(BM25Error, match="term_bounds.npy has shape"):
+    BM25Index.load(tmp_path / "ix")
 
 
 def test_load_rejects_what_is_not_an_index(tmp_path):
@@ -159,6 +188,96 @@ def test_ties_rank_lower_position_first():
   hits = index.search(["alpha"], k=4)[0]
   assert [h.id for h in hits] == ["best", "p0", "p1", "p2"]
   assert hits[1].score == hits[2].score == hits[3].score
+
+
+def _brute_force(index: BM25Index, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+  """The reference: each query's term counts times the score matrix (scipy's product, one
+  query at a time), then every positive score ranked by score and position."""
+  matrix = index._scores_VxN
+  out = []
+  for query in queries:
+    ids = [index._vocab[t] for t in tokenize(query) if t in index._vocab]
+    counts = np.bincount(ids, minlength=matrix.shape[0]).astype(np.float32)
+    scores = (sp.csr_array(counts[None, :]) @ matrix).toarray()[0]
+    order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+    out.append([(int(d), float(scores[d])) for d in order if scores[d] > 0])
+  return out
+
+
+def _positions(index: BM25Index, results) -> list[list[tuple[int, float]]]:
+  position = {pid: i for i, (pid, _, _) in enumerate(index._passages)}
+  return [[(position[h.id], h.score) for h in hits] for hits in results]
+
+
+def _all_paths(index: BM25Index, queries: list[str], k: int, monkeypatch) -> list:
+  """Results of the accumulator path (batched and one at a time) and of the mixed batch."""
+  mixed = index.search(queries, k=k)
+  with monkeypatch.context() as patch:
+    patch.setattr(scoring, "SPARSE_MAX_POSTINGS", -1)  # every query through the accumulator
+    batched = index.search(queries, k=k)
+    single = [index.search([q], k=k)[0] for q in queries]
+  return [_positions(index, r) for r in (batched, single, mixed)]
+
+
+def test_pruned_search_equals_sparse_product_on_wiki(monkeypatch):
+  passages = _first_rows(_WIKI, 20_000)  # all of it
+  queries = [row["question"] for row in _first_rows(_HOTPOT, 300)]
+  queries += ["film film film director", "the", "Paris Paris", "river " * 40]
+  index = BM25Index.build(passages, cache_size=0)
+  for k in (1, 3, 10):
+    reference = _brute_force(index, queries, k)
+    for got in _all_paths(index, queries, k, monkeypatch):
+      assert got == reference  # the same ids in the same order and bit-identical scores
+  # The pruning is not vacuous: most queries score far fewer candidates than they touch.
+  post, acc = index._postings, np.zeros(len(index), np.float32)
+  pruned = 0
+  for query in queries[:100]:
+    terms, weights = scoring._runs(index._key(0, query, 3)[0])
+    lo, hi = post.indptr[terms].tolist(), post.indptr[[t + 1 for t in terms]].tolist()
+    for a, b, w in zip(lo, hi, weights, strict=True):
+      np.add.at(acc, post.indices[a:b], post.data[a:b] * np.float32(w))
+    u = [w * b for w, b in zip(weights, post.bounds[terms].tolist(), strict=True)]
+    found = scoring.candidates(acc, post.indices, lo, hi, u, 3)
+    pruned += len(found) * 10 < np.count_nonzero(acc)
+    acc[:] = 0
+  assert pruned > 80
+
+
+def test_pruned_search_on_adversarial_corpora(monkeypatch):
+  """Seeded random corpora over tiny vocabularies: many exact ties across the pruning
+  threshold, repeated query terms, k above the number of matches, okapi's negative idf."""
+  rng = random.Random(0)
+  for _ in range(60):
+    words = [f"w{i}" for i in range(rng.choice([2, 3, 6, 30]))]
+    passages = [
+      {
+        "id": f"p{i}",
+        "title": "",
+        "text": " ".join(rng.choice(words[: rng.randint(1, len(words))]) for _ in range(n)),
+      }
+      for i, n in enumerate(rng.choices([1, 2, 3, 8, 30], k=rng.choice([1, 2, 5, 40, 200])))
+    ]
+    settings = dict(method=rng.choice(["lucene", "okapi"]), k1=rng.choice([0.0, 1.5]))
+    index = BM25Index.build(passages, b=rng.choice([0.0, 0.75]), cache_size=0, **settings)
+    queries = [" ".join(rng.choices(words, k=rng.randint(1, 9))) for _ in range(20)]
+    for k in (1, 2, 5, 500):
+      reference = _brute_force(index, queries, k)
+      for got in _all_paths(index, queries, k, monkeypatch):
+        assert got == reference, (settings, k)
+
+
+def test_tie_at_the_kth_score_keeps_lower_positions():
+  # 30 passages tie for the best score; the pruning threshold equals it, and ties must still
+  # reach the position tie-break. A rare term makes one passage best.
+  passages = [{"id": f"p{i}", "title": "", "text": "alpha beta gamma"} for i in range(30)]
+  passages += [{"id": f"q{i}", "title": "", "text": "beta delta"} for i in range(30)]
+  passages.insert(17, {"id": "rare", "title": "", "text": "alpha beta gamma zeta"})
+  index = BM25Index.build(passages, cache_size=0)
+  for k in (1, 4, 40):
+    hits = index.search(["zeta alpha gamma beta beta"], k=k)[0]
+    expected = ["rare"] + [f"p{i}" for i in range(30)] + [f"q{i}" for i in range(30)]
+    assert [h.id for h in hits] == expected[:k]
+  assert all(h.score == hits[1].score for h in hits[1:31])
 
 
 def test_fewer_hits_than_k_and_empty_queries():

@@ -1,8 +1,12 @@
 """In-process BM25: the tokenizer, the index, and its scoring (build and search).
 
 Scores are precomputed per (term, passage) at build time and stored term-major as a CSR
-matrix `M[V, N]`; a batch of queries is a sparse count matrix `Q[B, V]`, and `Q @ M` touches
-only the postings of the query terms. Two variants share that path:
+matrix `M[V, N]`, with each term's largest |score|; a query's score for a passage is the
+float32 sum, in term id order, of its terms' entries (a repeated term scaled by its count):
+the row of the sparse product `Q[1, V] @ M`. `sr2.retrieval.scoring` finds the top k
+exactly: through a dense accumulator over the query terms' postings, pruned with the term
+bounds, or, for batched queries with short posting lists, through the product itself. Two
+variants share that path:
 
 * `lucene` (default): idf = log(1 + (N - df + .5) / (df + .5)),
   tf part = tf / (tf + k1 (1 - b + b dl / avgdl)); the formula of bm25s' "lucene" method.
@@ -29,12 +33,12 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from sr2.retrieval import scoring
 from sr2.retrieval.corpus import validate_passages
 
 METHODS = ("lucene", "okapi")
 MAX_QUERY_CHARS = 4096
 _OKAPI_EPSILON = 0.25  # rank-bm25's floor for negative idf, as a fraction of the mean idf
-_QUERY_CHUNK = 256  # queries per sparse product; bounds the size of the B x N result
 # Lucene's English stop set (EnglishAnalyzer.ENGLISH_STOP_WORDS_SET), the list bm25s uses too.
 _STOPWORDS = {
   "en": frozenset(
@@ -129,6 +133,7 @@ class BM25Index:
     passages: Sequence[tuple[str, str, str]],
     *,
     cache_size: int = 4096,
+    bounds_V: np.ndarray | None = None,
   ):
     """Use `build` or `load`; this wires prepared parts together."""
     if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
@@ -136,6 +141,8 @@ class BM25Index:
     self.config = config
     self._vocab = vocab
     self._scores_VxN = scores_VxN
+    self._postings = scoring.Postings.from_matrix(scores_VxN, bounds_V)
+    self._scratch: list[np.ndarray] = []  # idle zeroed accumulators (see scoring.search)
     self._passages = passages
     self._cache: collections.OrderedDict[tuple, tuple[Hit, ...]] = collections.OrderedDict()
     self._cache_maxsize = cache_size
@@ -238,7 +245,14 @@ class BM25Index:
     """Writes the index and its passages under `directory` (created if missing)."""
     from sr2.retrieval import storage  # deferred: storage imports this module
 
-    storage.save(directory, self.config, self._vocab, self._scores_VxN, self._passages)
+    storage.save(
+      directory,
+      self.config,
+      self._vocab,
+      self._scores_VxN,
+      self._passages,
+      self._postings.bounds,
+    )
 
   @classmethod
   def load(
@@ -247,8 +261,8 @@ class BM25Index:
     """Opens a saved index; with `mmap` the arrays and passages stay on disk until read."""
     from sr2.retrieval import storage  # deferred: storage imports this module
 
-    config, vocab, scores, passages = storage.load(directory, mmap=mmap)
-    return cls(config, vocab, scores, passages, cache_size=cache_size)
+    config, vocab, scores, passages, bounds = storage.load(directory, mmap=mmap)
+    return cls(config, vocab, scores, passages, cache_size=cache_size, bounds_V=bounds)
 
   def _key(self, i: int, query: str, k: int) -> tuple | None:
     """Cache key: the query's sorted in-vocabulary term ids and k; None if it has none."""
@@ -269,41 +283,15 @@ class BM25Index:
       self._cache.popitem(last=False)
 
   def _search_uncached(self, term_ids: list[tuple[int, ...]], k: int) -> list[tuple[Hit, ...]]:
-    results = []
-    for start in range(0, len(term_ids), _QUERY_CHUNK):
-      chunk = term_ids[start : start + _QUERY_CHUNK]
-      # Q's index dtype must match M's, or scipy copies all of M's indices on every product.
-      index_dtype = self._scores_VxN.indices.dtype
-      cols = np.fromiter((t for ids in chunk for t in ids), dtype=index_dtype)
-      indptr = np.cumsum([0] + [len(ids) for ids in chunk], dtype=index_dtype)
-      query_BxV = sp.csr_array(
-        (np.ones(len(cols), np.float32), cols, indptr),
-        shape=(len(chunk), self._scores_VxN.shape[0]),
-      )
-      query_BxV.sum_duplicates()  # a term repeated n times gets weight n
-      scores_BxN = sp.csr_array(query_BxV @ self._scores_VxN)
-      for row in range(len(chunk)):
-        lo, hi = scores_BxN.indptr[row], scores_BxN.indptr[row + 1]
-        docs, vals = _top_k(scores_BxN.indices[lo:hi], scores_BxN.data[lo:hi], k)
-        results.append(tuple(self._hit(int(d), float(v)) for d, v in zip(docs, vals, strict=True)))
-    return results
+    found = scoring.search(self._postings, self._scores_VxN, self._scratch, term_ids, k)
+    return [
+      tuple(self._hit(d, v) for d, v in zip(docs.tolist(), vals.tolist(), strict=True))
+      for docs, vals in found
+    ]
 
   def _hit(self, position: int, score: float) -> Hit:
     pid, title, text = self._passages[position]
     return Hit(id=pid, title=title, text=text, score=score)
-
-
-def _top_k(docs: np.ndarray, vals: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-  """The `k` best (doc, score) pairs: score descending, then doc position ascending."""
-  keep = vals > 0
-  docs, vals = docs[keep], vals[keep]
-  if len(vals) > k:
-    # Keep every candidate tied with the k-th best so the tie-break below sees all of them.
-    kth = np.partition(vals, len(vals) - k)[len(vals) - k]
-    keep = vals >= kth
-    docs, vals = docs[keep], vals[keep]
-  order = np.lexsort((docs, -vals))[:k]
-  return docs[order], vals[order]
 
 
 def _score_matrix(

@@ -2,10 +2,16 @@
 
 An index directory holds `passages.jsonl` (one `{id, title, text}` row per passage, in
 index order) with `passage_offsets.npy` (byte offsets of its rows), the CSR score matrix as
-`scores_{data,indices,indptr}.npy`, `vocab.json` (terms by id) and `meta.json` (format,
-version, `BM25Config` fields and sizes). Every file is written under a temporary name and
-moved into place, `meta.json` last. Loading with `mmap` keeps the arrays and passages on
-disk; passages are parsed one row at a time as hits need them.
+`scores_{data,indices,indptr}.npy`, `term_bounds.npy` (each term's largest |score|, which
+search prunes with), `vocab.json` (terms by id) and `meta.json` (format, version,
+`BM25Config` fields and sizes). Every file is written under a temporary name and moved into
+place, `meta.json` last. Loading with `mmap` keeps the arrays and passages on disk; passages
+are parsed one row at a time as hits need them.
+
+`term_bounds.npy` is optional within format version 1: `meta.json` lists it under
+`"term_bounds"` only when written with the matrix beside it; without that entry (an index
+saved before it existed, or re-saved since by such a version, which leaves a stale file
+behind) the bounds are recomputed from the matrix on load, one pass over its values.
 """
 
 import dataclasses
@@ -22,6 +28,7 @@ from sr2.retrieval.bm25 import BM25Config, BM25Error
 
 FORMAT_VERSION = 1
 _FORMAT = "sr2-bm25"
+_BOUNDS = "term_bounds.npy"
 
 
 def save(
@@ -30,8 +37,10 @@ def save(
   vocab: Mapping[str, int],
   scores_VxN: sp.csr_array,
   passages: Sequence[tuple[str, str, str]],
+  bounds_V: np.ndarray,
 ) -> None:
-  """Writes an index's parts under `directory` (created if missing)."""
+  """Writes an index's parts under `directory` (created if missing); `bounds_V` is
+  `scoring.term_bounds(scores_VxN)`."""
   path = pathlib.Path(directory)
   path.mkdir(parents=True, exist_ok=True)
 
@@ -56,6 +65,7 @@ def save(
   put("passage_offsets.npy", lambda tmp: _save_npy(tmp, offsets))
   for part in ("data", "indices", "indptr"):
     put(f"scores_{part}.npy", lambda tmp, part=part: _save_npy(tmp, getattr(scores_VxN, part)))
+  put(_BOUNDS, lambda tmp: _save_npy(tmp, np.asarray(bounds_V, np.float32)))
   terms = sorted(vocab, key=vocab.__getitem__)
   put("vocab.json", lambda tmp: tmp.write_text(json.dumps(terms, ensure_ascii=False), "utf-8"))
   meta = {
@@ -65,6 +75,7 @@ def save(
     "num_passages": len(passages),
     "num_terms": len(terms),
     "nnz": int(scores_VxN.nnz),
+    "term_bounds": _BOUNDS,
   }
   # meta.json last: a directory without it is not (yet) an index.
   put("meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n", "utf-8"))
@@ -77,10 +88,13 @@ def _save_npy(path: pathlib.Path, array: np.ndarray) -> None:
 
 def load(
   directory: str | os.PathLike, *, mmap: bool
-) -> tuple[BM25Config, dict[str, int], sp.csr_array, Sequence[tuple[str, str, str]]]:
-  """Reads the parts `save` wrote: `(config, vocab, scores_VxN, passages)`.
+) -> tuple[
+  BM25Config, dict[str, int], sp.csr_array, Sequence[tuple[str, str, str]], np.ndarray | None
+]:
+  """Reads the parts `save` wrote: `(config, vocab, scores_VxN, passages, bounds_V)`.
 
-  With `mmap` the arrays and passages stay on disk until read.
+  With `mmap` the arrays and passages stay on disk until read. `bounds_V` is None for an
+  index without (current) term bounds: the caller computes them.
 
   Raises:
     BM25Error: if `directory` is not a readable index of this format version.
@@ -105,6 +119,14 @@ def load(
     }
     terms = json.loads((path / "vocab.json").read_text("utf-8"))
     num_passages, num_terms, nnz = meta["num_passages"], meta["num_terms"], meta["nnz"]
+    bounds = None
+    if meta.get("term_bounds") == _BOUNDS:
+      bounds = np.load(path / _BOUNDS, mmap_mode="r" if mmap else None)
+      if bounds.shape != (num_terms,) or bounds.dtype != np.float32:
+        raise BM25Error(
+          f"{path}/{_BOUNDS} has shape {bounds.shape} and dtype {bounds.dtype}, expected "
+          f"({num_terms},) float32: the index is corrupt, rebuild it"
+        )
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     if isinstance(e, BM25Error):
       raise
@@ -135,7 +157,7 @@ def load(
   with open(path / "passages.jsonl", "rb") as f:
     buffer = mmap_lib.mmap(f.fileno(), 0, access=mmap_lib.ACCESS_READ) if mmap else f.read()
   vocab = {t: i for i, t in enumerate(terms)}
-  return config, vocab, scores, _JsonlPassages(buffer, offsets)
+  return config, vocab, scores, _JsonlPassages(buffer, offsets), bounds
 
 
 class _JsonlPassages(Sequence):
