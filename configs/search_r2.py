@@ -113,5 +113,5 @@ def get_config(arg: str = "tiny_world,search_r2") -> ml_collections.ConfigDict:
   if arm == "search_r1_g10":
     c.grpo.group_size = 10
   if r.enabled and backbone == "tiny_world":
-    c.rl.probe_every = 1 if variant else 5  # the three drivers (rl/drivers.py)
+    c.rl.probe_every = 1  # the three drivers every step (rl/drivers.py)
   return c

@@ -50,7 +50,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       invalid_feedback=True,  # feedback after an invalid turn
     )
   )
-  sft_steps = 4 if smoke else 400
+  sft_steps = 4 if smoke else 500
   c.sft = ml_collections.ConfigDict(
     dict(
       steps=sft_steps,  # warm-start steps (README: how this budget was chosen)
@@ -68,14 +68,15 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   )
   c.rl = ml_collections.ConfigDict(
     dict(
-      steps=2 if smoke else 100,  # GRPO steps
+      steps=2 if smoke else 60,  # GRPO steps
       prompts_per_step=2 if smoke else 8,  # B questions per step
       temperature=1.0,  # rollout temperature
       max_len=1024,  # sampler row capacity, tokens
-      checkpoint_every=1 if smoke else 25,  # steps between checkpoints
+      checkpoint_every=1 if smoke else 20,  # steps between checkpoints
       log_every=1,  # steps between metric lines
       probe_every=0,  # steps between the drivers' probes (Meta-Refiner runs only)
       progress=not smoke,  # progress bar on the console
+      keep_warm_start=True,  # keep the SFT policy in DIR/warm_start (for --init_from)
     )
   )
   c.grpo = ml_collections.ConfigDict(
@@ -87,11 +88,12 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       ppo_epochs=1,  # passes over each step's rollouts
       num_minibatches=1,  # optimizer updates per pass
       nonfinite="skip",  # NaN/Inf update: skip (and count) | stop
+      logprob_chunk=0 if smoke else 128,  # LM-head positions per chunk in the loss; 0 = off
     )
   )
   c.opt = ml_collections.ConfigDict(
     dict(
-      lr=1e-4,  # GRPO AdamW learning rate (tiny model; the paper's 1e-6 is for 7B)
+      lr=5e-5,  # GRPO AdamW learning rate (tiny model; the paper's 1e-6 is for 7B)
       warmup_steps=0 if smoke else 10,  # linear warmup steps
       weight_decay=0.0,  # decoupled weight decay
     )
@@ -102,7 +104,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       split="test",  # world split evaluated before and after RL
       limit=8 if smoke else 0,  # first N questions; 0 = all
       batch_size=8 if smoke else 60,  # rows per rollout call
-      every=1 if smoke else 25,  # dev evaluation every N GRPO steps; 0 = never
+      every=1 if smoke else 20,  # dev evaluation every N GRPO steps; 0 = never
       dev_limit=8 if smoke else 0,  # first N dev questions; 0 = all
       use_refiner=False,  # Meta-Refiner at evaluation (the paper: off)
     )

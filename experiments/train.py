@@ -11,11 +11,14 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_c
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Output directory (resumes if it has a checkpoint).", required=True
 )
+_INIT_FROM = flags.DEFINE_string(
+  "init_from", None, "Start from the warm start another run kept (rl.keep_warm_start)."
+)
 
 
 def main(argv):
   del argv
-  print(json.dumps(train_and_evaluate(_CONFIG.value, _WORKDIR.value), indent=1))
+  print(json.dumps(train_and_evaluate(_CONFIG.value, _WORKDIR.value, _INIT_FROM.value), indent=1))
 
 
 if __name__ == "__main__":

@@ -184,3 +184,15 @@ def test_paper_and_smollm2_configs_validate(backbone):
     assert batch_rows(typed["rl"], typed["grpo"], typed["refiner"]) == 2560
   typed = check_config(module.get_config(f"{backbone},search_r2"))
   assert typed["refiner"].enabled and typed["reward"].process == "lexical"
+
+
+def test_init_from_shares_the_warm_start(straight, tmp_path):
+  workdir, want = straight
+  assert (workdir / "warm_start").is_dir()  # tiny_world keeps its warm start
+  c = _search_r2_config("mr")
+  c.rl.steps = 1
+  got = train_and_evaluate(c, str(tmp_path), init_from=str(workdir))
+  assert got["em_before_rl"] == want["em_before_rl"] and got["init_from"] == str(workdir)
+  assert not [r for r in _rows(tmp_path) if r["phase"] == "sft"]  # no SFT of its own
+  with pytest.raises(ConfigError, match="keep_warm_start"):
+    train_and_evaluate(_config(1), str(tmp_path / "other"), init_from=str(tmp_path))

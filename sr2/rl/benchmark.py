@@ -7,7 +7,7 @@ batched judgement, cut-and-regenerate of the revised rows, process reward, the d
 in the update). Each arm's first steps compile and are not timed. The drivers' probes
 are off (they are measurement, not training). Prints one JSON line per arm and a summary.
 
-  python experiments/benchmark.py refiner --workdir DIR   # params of DIR's warm start
+  python experiments/benchmark.py refiner --workdir DIR   # params of DIR's latest checkpoint
   python experiments/benchmark.py refiner --steps 10 --warmup 2
 """
 
@@ -41,7 +41,7 @@ def _config(arm: str, steps: int):
 
 def refiner_benchmark(argv: list[str]) -> None:
   ap = argparse.ArgumentParser(prog="benchmark.py refiner")
-  ap.add_argument("--workdir", default="", help="start from this run's step-0 checkpoint")
+  ap.add_argument("--workdir", default="", help="start from this run's latest checkpoint")
   ap.add_argument("--steps", type=int, default=10, help="timed steps per arm")
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps per arm (compiles)")
   ap.add_argument("--arm", default="search_r2", help="the refiner arm (configs/search_r2.py)")
@@ -54,7 +54,7 @@ def refiner_benchmark(argv: list[str]) -> None:
     template = trainer._template(s)
     if args.workdir:
       with checkpoint.Checkpointer(args.workdir) as ckpt:
-        template = ckpt.restore(0, like=template)
+        template = ckpt.restore(like=template)
     state[name] = [
       template["params"],
       template["opt_state"],

@@ -62,6 +62,8 @@ class RLConfig:
     log_every: steps between metric lines.
     probe_every: steps between the drivers' counterfactual probes (rl/drivers.py); 0 = never.
     progress: show a progress bar on the console.
+    keep_warm_start: also keep the starting policy (after SFT) in `workdir/warm_start`, so
+      other runs can start from it (`--init_from`), e.g. the arms of an ablation.
   """
 
   steps: int = 100
@@ -72,6 +74,7 @@ class RLConfig:
   log_every: int = 1
   probe_every: int = 0
   progress: bool = True
+  keep_warm_start: bool = False
 
   def __post_init__(self):
     for name in ("steps", "prompts_per_step", "max_len", "checkpoint_every", "log_every"):
@@ -304,8 +307,26 @@ class RLLoop:
     return params, opt_state, rng, row
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs the whole job (see the module docstring); returns the summary."""
+WARM_START = "warm_start"
+
+
+def _borrow_warm_start(init_from, template) -> tuple[dict, dict]:
+  """The starting policy another run kept (`rl.keep_warm_start`) and its evaluation."""
+  source = pathlib.Path(init_from) / WARM_START
+  if not source.is_dir():
+    raise ConfigError(
+      f"--init_from {init_from}: no {WARM_START}/ there; run it with rl.keep_warm_start=True"
+    )
+  with checkpoint.Checkpointer(source) as keep:
+    return keep.restore(0, like=template), keep.metrics(0)
+
+
+def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> dict:
+  """Runs the whole job (see the module docstring); returns the summary.
+
+  `init_from`: a workdir whose kept warm start (`rl.keep_warm_start`) replaces this run's
+  own SFT, for runs that must share a starting policy; ignored when resuming.
+  """
   s = _setup(config)
   task, rl = s.task, s.rl
   workdir = pathlib.Path(workdir)
@@ -328,6 +349,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     workdir, progress_total=rl.steps if rl.progress else None, progress_desc="GRPO"
   )
 
+  if not resumed and init_from:
+    state, before = _borrow_warm_start(init_from, template)
+    summary.update(em_before_rl=before["em"], eval_before_rl=before, init_from=str(init_from))
+    summary_path.write_text(json.dumps(summary, indent=1))
+    ckpt.save(0, state, force=True)
+    ckpt.wait()
   if state["data_state"]["phase"] == "init":
     state = _warm_start(s, state, writer)
     before = _eval(s, state["params"], s.eval.split, s.eval.limit)
@@ -337,6 +364,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.write("eval", 0, {f"{s.eval.split}/{k}": v for k, v in before.items()})
     ckpt.save(0, state, force=True)
     ckpt.wait()
+    if rl.keep_warm_start:
+      with checkpoint.Checkpointer(workdir / WARM_START) as keep:
+        keep.save(0, state, metrics=before, force=True)
 
   loop = RLLoop(s)
   params, opt_state, rng = state["params"], state["opt_state"], state["rng"]
