@@ -221,17 +221,9 @@ def forward(
   tokens_BxT: jax.Array,
   positions_BxT: jax.Array | None = None,
 ) -> jax.Array:
-  """Causal forward pass without a cache.
+  """Causal forward pass without a cache: float32 logits [B, T, V].
 
-  Args:
-    config: the model's static config.
-    params: the params pytree.
-    tokens_BxT: integer token ids.
-    positions_BxT: positions (default 0..T-1); token t attends to tokens u with
-      position[u] <= position[t], so right padding never affects real tokens.
-
-  Returns:
-    float32 logits [B, T, V].
+  The arguments are `forward_hidden`'s; right padding never affects real tokens.
   """
   return logits_from_hidden(
     config, params, forward_hidden(config, params, tokens_BxT, positions_BxT)

@@ -129,48 +129,25 @@ def collect(
     )
     m["refiner/judged"] = float(judged.mean())
     m["refiner/decisions"] = float(sum(len(ds) for ds in decisions))
-    if probe and judged.any():
-      t3 = time.perf_counter()
-      m.update(
-        _probe(
-          task,
-          sampler,
-          params,
-          snapshot,
-          questions,
-          decisions,
-          drafts,
-          reward,
-          draft_reward,
-          reward_fn,
-          retriever,
-          np_rng,
-        )
-      )
-      m["probe_s"] = time.perf_counter() - t3
-  m["rollout_s"] = t_roll
-  m["retrieval_s"] = retriever.seconds
-  return Collected(
+  got = Collected(
     list(questions), trajs, drafts, decisions, outcome, process, reward, draft_reward, m
   )
+  if refiner.enabled and probe and any(decisions):
+    t3 = time.perf_counter()
+    m.update(_probe(task, sampler, params, snapshot, got, reward_fn, retriever, np_rng))
+    m["probe_s"] = time.perf_counter() - t3
+  m["rollout_s"] = t_roll
+  m["retrieval_s"] = retriever.seconds
+  return got
 
 
 def _probe(
-  task,
-  sampler,
-  params,
-  snapshot,
-  questions,
-  decisions,
-  drafts,
-  reward,
-  draft_reward,
-  reward_fn,
-  retriever,
-  np_rng,
+  task, sampler, params, snapshot, got: Collected, reward_fn, retriever, np_rng
 ) -> dict[str, float]:
   """Counterfactual regenerations for the drivers (see rl/drivers.py), on judged drafts."""
   state, records = snapshot
+  questions, decisions, drafts = got.questions, got.decisions, got.drafts
+  reward, draft_reward = got.reward, got.draft_reward
   rows = [i for i, ds in enumerate(decisions) if ds]
   first = {i: decisions[i][0] for i in rows}
   n_steps = {i: len(drafts[i].steps) for i in rows}
