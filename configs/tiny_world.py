@@ -39,6 +39,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       ),
       vocab_size=1024 if smoke else 2048,  # BPE vocabulary trained on the world's text
       tokenizer_gold_texts=50 if smoke else 300,  # rendered gold trajectories in tokenizer text
+      stop_short=0.0,  # share of multi-hop SFT demonstrations that answer one hop early
     )
   )
   c.rollout = ml_collections.ConfigDict(

@@ -84,6 +84,35 @@ def test_sft_learns_a_fixed_sequence():
   assert float(after) < 0.1 * float(before)
 
 
+def test_choice_draws_options_at_their_weights_and_rejects_bad_weights():
+  a, b = sft.Example((1,), (1,)), sft.Example((2,), (1,))
+  choice = sft.Choice((a, b), (0.25, 0.75))
+  draws = [choice.draw(np.random.default_rng(7)) for _ in range(2)]
+  assert draws[0] == draws[1]  # same seed, same draw
+  rng = np.random.default_rng(0)
+  share = np.mean([choice.draw(rng) == b for _ in range(4000)])
+  assert abs(share - 0.75) < 0.03
+  assert all(sft.Choice((a, b), (0.0, 1.0)).draw(rng) == b for _ in range(50))
+  with pytest.raises(ValueError, match="as many weights"):
+    sft.Choice((a, b), (1.0,))
+  with pytest.raises(ValueError, match="positive sum"):
+    sft.Choice((a, b), (0.0, 0.0))
+
+
+def test_run_sft_learns_the_demonstrator_rate_of_a_choice():
+  # One prompt, two continuations drawn 3:1; the trained model's next-token distribution
+  # after the prompt approaches the demonstrator's rates, not the majority choice alone.
+  c = models.preset("tiny", vocab_size=16, n_layers=1, d_model=32, d_ff=64)
+  p = models.init_params(c, jax.random.key(0))
+  seg = lambda t: sft.example_from_segments([1, 2], [([t], True)])
+  ex = [sft.Choice((seg(5), seg(6)), (0.75, 0.25))]
+  opt = make_optimizer(OptConfig(lr=3e-3, weight_decay=0.0))
+  # Batches of 32 from one example: the epoch order is refilled until the batch is full.
+  p, _ = sft.run_sft(c, p, opt, ex, steps=200, batch_size=32, pad_id=0, buckets=(4,))
+  probs = jax.nn.softmax(models.forward(c, p, jnp.asarray([[1, 2]]))[0, -1])
+  assert abs(float(probs[5]) - 0.75) < 0.06 and abs(float(probs[6]) - 0.25) < 0.06
+
+
 def test_optimizer_warmup_and_bad_config():
   s = schedule(OptConfig(lr=1e-3, warmup_steps=10))
   np.testing.assert_allclose([s(0), s(5), s(10), s(100)], [0, 5e-4, 1e-3, 1e-3], rtol=1e-6)

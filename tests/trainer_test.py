@@ -77,6 +77,30 @@ def test_config_typo_fails_before_work(tmp_path):
   assert not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_stop_short_out_of_range_is_named(tmp_path):
+  c = _config(1)
+  c.data.stop_short = 1.5
+  with pytest.raises(ConfigError, match=r"config.data.stop_short must be in \[0, 1\], got 1.5"):
+    train_and_evaluate(c, str(tmp_path))
+
+
+def test_world_demonstrations_mix_gold_and_stop_short():
+  from sr2.rl import sft
+  from sr2.rl.task import build_task
+
+  c = _config(1)
+  c.data.stop_short = 0.6
+  examples = build_task(c).sft_examples
+  hops = [len(e.options) if isinstance(e, sft.Choice) else 1 for e in examples]
+  assert 1 in hops and 2 in hops  # 1-hop questions keep gold; multi-hop ones get a Choice
+  choice = next(e for e in examples if isinstance(e, sft.Choice))
+  assert choice.weights == pytest.approx((0.4, 0.6))
+  gold, short = choice.options
+  assert sum(short.mask) < sum(gold.mask)  # one turn fewer
+  c.data.stop_short = 0.0
+  assert all(isinstance(e, sft.Example) for e in build_task(c).sft_examples)
+
+
 # The child trains the smoke job and SIGKILLs itself right after starting the save of RL
 # step 2 (Orbax writes it in a background thread), so the process dies mid-save.
 _KILLED_CHILD = textwrap.dedent(

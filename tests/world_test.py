@@ -130,6 +130,18 @@ def test_corruptions_have_the_right_first_flaw(w):
   assert min(kinds.values()) >= 0.95 * len(w.questions), kinds
 
 
+def test_stop_short_answers_the_bridge_entity_one_hop_early(w):
+  for q in w.questions:
+    if q.hops == 1:
+      assert q.stop_short is None
+      continue
+    s, gold = q.stop_short, q.gold.steps
+    assert s.kind == "premature" and s.flawed_step == q.hops == len(s.steps)
+    assert s.steps[:-1] == gold[: q.hops - 1]  # every search but the last, as gold
+    # The answer is the entity the last gold search looks up (the bridge), not the answer.
+    assert s.answer == gold[q.hops - 1].query != q.answer
+
+
 def test_bm25_ranks_gold_passage_in_top3(w, index):
   hops = [(s.query, s.gold_passage_id) for q in w.questions for s in q.gold.steps if s.query]
   hits = index.search([query for query, _ in hops], k=3)

@@ -110,6 +110,9 @@ class WorldQuestion:
   chain: tuple[str, ...]  # entity ids searched at hops 1..n
   gold: Trajectory
   corrupted: tuple[Trajectory, ...]
+  # Multi-hop only: searches every hop but the last, then answers with the bridge entity
+  # (a premature answer one hop short; the warm start's demonstrator may imitate it).
+  stop_short: Trajectory | None = None
 
   @property
   def hops(self) -> int:
@@ -206,6 +209,7 @@ def _question(fx: Facts, rels, start: str, qid: str, split: str, seed: int) -> W
     tuple(chain),
     build_trajectory(fx, rels, chain, values, chain),
     tuple(c for c in corrupted if c is not None),
+    corrupt(fx, rels, chain, values, "premature", len(rels) - 1, rng) if len(rels) > 1 else None,
   )
 
 

@@ -30,6 +30,30 @@ class Example:
   mask: tuple[int, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """Alternative demonstrations of one question; each time the question comes up in
+  training one of them is drawn with probability proportional to its weight, so the
+  warm start learns the demonstrator's rates rather than one fixed choice per question.
+  """
+
+  options: tuple[Example, ...]
+  weights: tuple[float, ...]
+
+  def __post_init__(self):
+    if not self.options or len(self.options) != len(self.weights):
+      raise ValueError(
+        f"Choice needs as many weights as options (>= 1), got {len(self.options)} options "
+        f"and {len(self.weights)} weights"
+      )
+    if any(not w >= 0 for w in self.weights) or not sum(self.weights) > 0:
+      raise ValueError(f"Choice.weights must be >= 0 with a positive sum, got {self.weights}")
+
+  def draw(self, rng: np.random.Generator) -> Example:
+    p = np.asarray(self.weights, np.float64)
+    return self.options[int(rng.choice(len(p), p=p / p.sum()))]
+
+
 def example_from_segments(
   prompt_ids: Sequence[int], segments: Sequence[tuple[Sequence[int], bool]]
 ) -> Example:
@@ -81,7 +105,7 @@ def sft_loss(config: ModelConfig, params, tokens_BxT: jax.Array, mask_BxT: jax.A
   n = jnp.maximum(m.sum(), 1.0)
   loss = -(logp * m).sum() / n
   acc = (jnp.exp(logp) > 0.5).astype(jnp.float32)  # greedy-correct whenever p > .5
-  return loss, {"sft_loss": loss, "sft_tokens": m.sum(), "sft_token_acc_p>0.5": (acc * m).sum() / n}
+  return loss, {"sft_loss": loss, "sft_tokens": m.sum(), "sft_token_acc": (acc * m).sum() / n}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
@@ -106,7 +130,7 @@ def run_sft(
   config: ModelConfig,
   params,
   optimizer: optax.GradientTransformation,
-  examples: Sequence[Example],
+  examples: Sequence[Example | Choice],
   *,
   steps: int,
   batch_size: int,
@@ -115,17 +139,21 @@ def run_sft(
   buckets: Sequence[int] = (128, 256, 320, 384, 448, 512, 576, 640, 768, 1024),
   log: Callable[[int, dict], None] | None = None,
 ):
-  """Trains for `steps` steps on shuffled epochs of `examples`; returns (params, opt_state)."""
+  """Trains for `steps` steps on shuffled epochs of `examples`; returns (params, opt_state).
+
+  A `Choice` is resolved to one of its options each time it is drawn (same `seed`, same
+  draws).
+  """
   if not examples:
     raise ValueError("no SFT examples")
   opt_state = optimizer.init(params)
   rng = np.random.default_rng(seed)
   order: list[int] = []
   for step in range(steps):
-    if len(order) < batch_size:
+    while len(order) < batch_size:
       order.extend(rng.permutation(len(examples)).tolist())
     idx, order = order[:batch_size], order[batch_size:]
-    chosen = [examples[i] for i in idx]
+    chosen = [e.draw(rng) if isinstance(e, Choice) else e for e in (examples[i] for i in idx)]
     longest = max(len(e.ids) for e in chosen)
     length = next((b for b in buckets if b >= longest), longest)
     tokens, mask = batch(chosen, pad_id, length)

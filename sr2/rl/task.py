@@ -3,7 +3,8 @@
 Two sources (`config.data.source`):
   world  the synthetic world (data/world.py): a BPE tokenizer trained on the world's text,
          a small model from `config.model` initialised at random, SFT examples rendered
-         from the gold trajectories, and corrupted trajectories with a known first flawed
+         from the gold trajectories (with `config.data.stop_short`, a share of multi-hop
+         demonstrations answers one hop early), and corrupted trajectories with a known first flawed
          step (to measure the Meta-Refiner's Trimmer).
   qa     FlashRAG-format QA files named as the evaluation harness names them
          (`qa/<name>[:split]`, `multihop/<set>[:split]` under `config.data.data_root`), BM25
@@ -67,7 +68,7 @@ class Task:
   model: models.ModelConfig
   rollout: RolloutConfig
   init_params: Callable[[int], Any]
-  sft_examples: list[sft.Example] = dataclasses.field(default_factory=list)
+  sft_examples: list[sft.Example | sft.Choice] = dataclasses.field(default_factory=list)
   trimmer_probes: list[TrimmerProbe] = dataclasses.field(default_factory=list)
 
   def split(self, name: str) -> list[Question]:
@@ -97,6 +98,9 @@ def build_task(config) -> Task:
 
 
 def world_task(config, rollout: RolloutConfig) -> Task:
+  stop_short = config.data.get("stop_short", 0.0)
+  if not isinstance(stop_short, int | float) or not 0 <= stop_short <= 1:
+    raise ConfigError(f"config.data.stop_short must be in [0, 1], got {stop_short!r}")
   world = build_world(from_config(WorldConfig, config.data.world, "config.data.world"))
   index = BM25Index.build(world.passage_dicts())
   raw_docs = lambda q: format_documents(index.search([q], k=rollout.top_k)[0])
@@ -124,16 +128,28 @@ def world_task(config, rollout: RolloutConfig) -> Task:
     init_params=lambda seed: models.init_params(model, _key(seed)),
   )
   search = task.search_text
-  task.sft_examples = [
-    sft.trajectory_example(tok.encode(actor_prompt(q.question)), render_steps(q.gold, search), tok)
-    for q in train
-  ]
+  task.sft_examples = [_demonstration(q, tok, search, stop_short) for q in train]
   probes = []
   for q in world.split("dev")[: config.data.get("trimmer_probes", 64)]:
     for t in (q.gold, *q.corrupted):
       probes.append(TrimmerProbe(q.question, tuple(render_steps(t, search)), t.flawed_step, t.kind))
   task.trimmer_probes = probes
   return task
+
+
+def _demonstration(q, tok, search, stop_short: float) -> sft.Example | sft.Choice:
+  """The warm start's demonstration of a train question.
+
+  The gold trajectory, except that on a multi-hop question a `stop_short` share of draws
+  answers one hop early with the bridge entity: a demonstrator with a systematic
+  decision error that only the outcome reward can correct.
+  """
+  prompt = tok.encode(actor_prompt(q.question))
+  gold = sft.trajectory_example(prompt, render_steps(q.gold, search), tok)
+  if not stop_short or q.stop_short is None:
+    return gold
+  short = sft.trajectory_example(prompt, render_steps(q.stop_short, search), tok)
+  return sft.Choice((gold, short), (1.0 - stop_short, stop_short))
 
 
 def _key(seed: int):
