@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sr2.configlib import ConfigError
-from sr2.rl.trainer import load_state, train_and_evaluate
+from sr2.rl.job import load_state, train_and_evaluate
 
 
 def _config(steps):
@@ -109,7 +109,7 @@ _KILLED_CHILD = textwrap.dedent(
   sys.path.insert(0, "tests")
   from sr2 import checkpoint
   from trainer_test import _config
-  from sr2.rl.trainer import train_and_evaluate
+  from sr2.rl.job import train_and_evaluate
 
   save = checkpoint.Checkpointer.save
   def save_then_die(self, step, state, **kw):

@@ -14,7 +14,6 @@ are off (they are measurement, not training). Prints one JSON line per arm and a
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import time
@@ -23,15 +22,13 @@ import jax
 import numpy as np
 
 from sr2 import checkpoint
+from sr2.configlib import load_config_file
 from sr2.rl import trainer
 
 
 def _config(arm: str, steps: int):
   path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "search_r2.py"
-  spec = importlib.util.spec_from_file_location("search_r2", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(f"tiny_world,{arm}")
+  c = load_config_file(path, f"tiny_world,{arm}")
   c.rl.steps = steps
   c.rl.probe_every = 0
   c.rl.progress = False
@@ -47,11 +44,11 @@ def refiner_benchmark(argv: list[str]) -> None:
   ap.add_argument("--arm", default="search_r2", help="the refiner arm (configs/search_r2.py)")
   args = ap.parse_args(argv)
   total = args.warmup + args.steps
-  arms = {name: trainer._setup(_config(name, total)) for name in ("search_r1", args.arm)}
+  arms = {name: trainer.setup(_config(name, total)) for name in ("search_r1", args.arm)}
   loops = {name: trainer.RLLoop(s) for name, s in arms.items()}
   state = {}
   for name, s in arms.items():
-    template = trainer._template(s)
+    template = trainer.fresh_state(s)
     if args.workdir:
       with checkpoint.Checkpointer(args.workdir) as ckpt:
         template = ckpt.restore(like=template)
