@@ -165,6 +165,20 @@ def test_progress_bar_on_a_non_tty_stream(tmp_path):
   assert "[eval 2] dev/em=0.5\n" in text
 
 
+def test_progress_bar_opens_at_the_first_rl_row(tmp_path):
+  out = io.StringIO()
+  with MetricWriter(
+    tmp_path, tensorboard=False, progress_total=2, progress_desc="GRPO", stream=out
+  ) as w:
+    w.skip_to(0)  # a fresh run: nothing to skip, no bar yet
+    w.write("sft", 10, {"sft_loss": 2.5})
+    w.write("eval", 0, {"test/em": 0.25})
+    before_rl = out.getvalue()
+    w.write("rl", 1, {"reward": 0.5})
+  assert before_rl == "[sft 10] sft_loss=2.5\n[eval 0] test/em=0.25\n"  # no "GRPO 0/2"
+  assert "GRPO" in out.getvalue()[len(before_rl) :] and "1/2" in out.getvalue()
+
+
 def test_console_lines_without_a_bar_and_silence(tmp_path, capsys):
   with MetricWriter(tmp_path, tensorboard=False) as w:
     w.write("sft", 10, {"sft_loss": 2.5, "sft_tokens": 100})

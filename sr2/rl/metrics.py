@@ -112,7 +112,8 @@ class MetricWriter:
     workdir: directory of `metrics.jsonl` and `tensorboard/` (created if missing; an existing
       `metrics.jsonl` is appended to).
     tensorboard: whether to write TensorBoard events.
-    progress_total: number of "rl" steps for a progress bar; None for no bar.
+    progress_total: number of "rl" steps for a progress bar, opened at the first "rl" row;
+      None for no bar.
     progress_desc: the bar's label.
     console: False for silence (no bar, no lines).
     stream: where the console text goes; `sys.stderr` when None.
@@ -144,20 +145,25 @@ class MetricWriter:
       self._tb = SummaryWriter(str(logdir), flush_secs=30, filename_suffix=f".{os.getpid()}.{n}")
     self._stream = stream
     self._console = console
+    # The bar opens at the first "rl" row (or skip_to): rows before it, e.g. a warm start's,
+    # are plain lines, and the bar's clock times RL steps only.
+    self._progress = (progress_total, progress_desc) if console and progress_total else None
     self._bar = None
-    if console and progress_total:
-      from tqdm import tqdm
-
-      self._bar = tqdm(
-        total=progress_total, desc=progress_desc, file=self._out(), dynamic_ncols=True
-      )
 
   def _out(self) -> TextIO:
     return self._stream if self._stream is not None else sys.stderr
 
+  def _open_bar(self):
+    if self._bar is None and self._progress is not None:
+      from tqdm import tqdm
+
+      total, desc = self._progress
+      self._bar = tqdm(total=total, desc=desc, file=self._out(), dynamic_ncols=True)
+    return self._bar
+
   def skip_to(self, step: int) -> None:
     """Moves the progress bar to `step` (a resumed run; the skipped steps are not timed)."""
-    bar = self._bar
+    bar = self._open_bar() if step > 0 else self._bar
     if bar is None or step <= bar.n:
       return
     if bar.n == bar.initial:  # nothing timed yet: start the clock at `step`
@@ -182,6 +188,8 @@ class MetricWriter:
       for k, v in row.items():
         if _is_number(v):
           self._tb.add_scalar(f"{phase}/{k}", float(v), step)
+    if phase == "rl":
+      self._open_bar()
     if self._bar is not None and phase == "rl":
       shown = {k: f"{row[k]:.3g}" for k in _POSTFIX if _is_number(row.get(k))}
       self._bar.set_postfix(shown, refresh=False)
