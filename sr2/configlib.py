@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import os
+import pathlib
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -78,3 +81,17 @@ def from_config(cls: type[T], cfg: Any, where: str, **overrides: Any) -> T:
 def to_dict(obj: Any) -> dict[str, Any]:
   """A dataclass as a plain dict (for logging and JSON)."""
   return dataclasses.asdict(obj)
+
+
+def load_config_file(path: str | os.PathLike, arg: str | None = None):
+  """`get_config(arg)` of a config file (`get_config()` without `arg`), as `--config path:arg`
+  gives it to an entry point, but unlocked, for drivers that run several configs."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f"config file {path} does not exist")
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path} has no get_config()")
+  return module.get_config() if arg is None else module.get_config(arg)

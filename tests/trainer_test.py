@@ -1,6 +1,5 @@
 """The training job end to end at toy sizes: phases, outputs and exact resume."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,16 +12,14 @@ import jax
 import numpy as np
 import pytest
 
-from sr2.configlib import ConfigError
+from sr2.configlib import ConfigError, load_config_file
 from sr2.rl.job import load_state, train_and_evaluate
+
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
 
 def _config(steps):
-  path = pathlib.Path(__file__).parents[1] / "configs" / "tiny_world.py"
-  spec = importlib.util.spec_from_file_location("tiny_world", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("smoke")
+  c = load_config_file(CONFIGS / "tiny_world.py", "smoke")
   c.rl.steps = steps
   return c
 
@@ -150,11 +147,7 @@ def test_kill9_during_a_save_then_resume(straight, tmp_path):
 
 
 def _search_r2_config(arm):
-  path = pathlib.Path(__file__).parents[1] / "configs" / "search_r2.py"
-  spec = importlib.util.spec_from_file_location("search_r2", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(f"tiny_world,{arm},smoke")
+  return load_config_file(CONFIGS / "search_r2.py", f"tiny_world,{arm},smoke")
 
 
 def test_search_r2_step_logs_refiner_rewards_and_drivers(tmp_path):
@@ -197,16 +190,12 @@ def test_arms_differ_in_their_switches():
 def test_paper_and_smollm2_configs_validate(backbone):
   from sr2.rl.trainer import batch_rows, check_config
 
-  path = pathlib.Path(__file__).parents[1] / "configs" / "search_r2.py"
-  spec = importlib.util.spec_from_file_location("search_r2", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  typed = check_config(module.get_config(f"{backbone},search_r1"))
+  typed = check_config(load_config_file(CONFIGS / "search_r2.py", f"{backbone},search_r1"))
   if backbone != "smollm2":  # PAPER.md §4: G=5, 512 prompts, 300 steps, lr 1e-6, KL 0.001
     assert typed["grpo"].group_size == 5 and typed["rl"].prompts_per_step == 512
     assert typed["rl"].steps == 300 and typed["grpo"].kl_coef == 0.001
     assert batch_rows(typed["rl"], typed["grpo"], typed["refiner"]) == 2560
-  typed = check_config(module.get_config(f"{backbone},search_r2"))
+  typed = check_config(load_config_file(CONFIGS / "search_r2.py", f"{backbone},search_r2"))
   assert typed["refiner"].enabled and typed["reward"].process == "lexical"
 
 
