@@ -5,7 +5,8 @@
 
 Runs every (seed, arm) that has not finished under ROOT/ARM/seedN (an interrupted one
 resumes), then writes OUT.json and OUT.md (sr2/rl/ablation.py says what each column is).
-`--table_only` only reads finished runs.
+`--table_only` only tabulates: the finished runs among the arms x seeds given, naming the
+others as left out.
 """
 
 import os
@@ -29,7 +30,7 @@ _INIT_FROM = flags.DEFINE_string(
 _REUSE = flags.DEFINE_multi_string(
   "reuse", [], "ARM=PATTERN: finished runs made elsewhere, e.g. search_r1=/tmp/main_s{seed}."
 )
-_TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Only tabulate finished runs.")
+_TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Only tabulate the finished runs.")
 _CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "search_r2.py"
 
 
@@ -37,14 +38,9 @@ def main(argv):
   del argv
   arms, seeds = _ARMS.value, [int(s) for s in _SEEDS.value]
   reuse = dict(r.split("=", 1) for r in _REUSE.value)
+  missing = []
   if _TABLE_ONLY.value:
-    runs = {
-      a: {
-        s: reuse[a].format(seed=s) if a in reuse else ablation.workdir_of(_ROOT.value, a, s)
-        for s in seeds
-      }
-      for a in arms
-    }
+    runs, missing = ablation.finished_runs(_ROOT.value, arms, seeds, reuse)
   else:
     runs = ablation.run_arms(
       lambda arm: load_config_file(_CONFIG, f"{_BACKBONE.value},{arm}"),
@@ -61,6 +57,8 @@ def main(argv):
     "command": " ".join(["python experiments/ablation.py", *sys.argv[1:]]),
     "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
   }
+  if missing:
+    meta["not finished (left out)"] = ", ".join(missing)
   ablation.write_results(table, _OUT.value, meta)
   print(ablation.markdown(table))
 

@@ -128,3 +128,20 @@ def test_write_results(tmp_path):
   assert got["command"] == "c" and got["arms"]["mr"]["cells"]["em_after"]["mean"] == 0.6
   md = (tmp_path / "out" / "abl.md").read_text()
   assert md.startswith("# T\n\n- command: `c`\n\n| arm |")
+
+
+def test_finished_runs_leave_out_and_name_the_rest(tmp_path):
+  _run(tmp_path / "main" / "s0", 0.1, 0.3)
+  _run(ablation.workdir_of(tmp_path / "abl", "mr", 0), 0.1, 0.5)
+  ablation.workdir_of(tmp_path / "abl", "mr", 1).mkdir(parents=True)  # started, not finished
+  runs, missing = ablation.finished_runs(
+    tmp_path / "abl",
+    ["search_r1", "mr", "mr_pr"],
+    [0, 1],
+    reuse={"search_r1": str(tmp_path / "main" / "s{seed}")},
+  )
+  assert runs == {
+    "search_r1": {0: tmp_path / "main" / "s0"},
+    "mr": {0: ablation.workdir_of(tmp_path / "abl", "mr", 0)},
+  }
+  assert missing == ["search_r1/seed1", "mr/seed1", "mr_pr/seed0", "mr_pr/seed1"]

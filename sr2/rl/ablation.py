@@ -167,14 +167,40 @@ def run_arms(
         run_row(workdir)  # raises now, not after the other runs, if it has not finished
       else:
         workdir = workdir_of(root, arm, seed)
-        summary = workdir / "summary.json"
-        if not (summary.exists() and "em_after_rl" in json.loads(summary.read_text())):
+        if not is_finished(workdir):
           config = config_of(arm)
           config.seed = seed
           start = init_from.format(seed=seed) if init_from else None
           train_and_evaluate(config, str(workdir), start)
       runs[arm][seed] = workdir
   return runs
+
+
+def is_finished(workdir: str | pathlib.Path) -> bool:
+  """Whether a run wrote its final summary (summary.json with em_after_rl)."""
+  path = pathlib.Path(workdir) / "summary.json"
+  return path.exists() and "em_after_rl" in json.loads(path.read_text())
+
+
+def finished_runs(
+  root: str | pathlib.Path,
+  arms: Sequence[str],
+  seeds: Sequence[int],
+  reuse: Mapping[str, str] | None = None,
+) -> tuple[dict[str, dict[int, pathlib.Path]], list[str]]:
+  """The finished runs among arms x seeds ({arm: {seed: workdir}}, arms with none dropped)
+  and the others as "ARM/seedN", for a table of what exists so far."""
+  reuse = dict(reuse or {})
+  runs, missing = {}, []
+  for arm in arms:
+    for seed in seeds:
+      w = pathlib.Path(reuse[arm].format(seed=seed)) if arm in reuse else None
+      w = w or workdir_of(root, arm, seed)
+      if is_finished(w):
+        runs.setdefault(arm, {})[seed] = w
+      else:
+        missing.append(f"{arm}/seed{seed}")
+  return runs, missing
 
 
 def write_results(table: Mapping[str, Any], stem: str | pathlib.Path, meta: Mapping) -> None:
