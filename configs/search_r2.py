@@ -24,6 +24,8 @@ Arms (one switch each, so rows differ only in what they name):
   search_r2      + joint optimisation of the refiner's decisions (full Search-R2)
   nmax1..nmax4   Table 4: Meta-Refiner with N_max = 1..4, no process reward, no joint
   search_r1_g10  Appendix G: Search-R1 with doubled rollouts (G = 10)
+  search_r2_dw   beyond the paper: search_r2 with the decision rows' advantage x 0.02
+                 (refiner.decision_weight; README, "Ablation" says why)
 """
 
 import importlib.util
@@ -33,7 +35,8 @@ import ml_collections
 
 BACKBONES = ("tiny_world", "smollm2", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct")
 ARMS = ("search_r1", "mr", "mr_pr", "search_r2", "nmax1", "nmax2", "nmax3", "nmax4")
-ARMS += ("search_r1_g10",)
+ARMS += ("search_r1_g10", "search_r2_dw")
+DECISION_WEIGHT_DW = 0.02  # ~ the Actor's / the decisions' gradient norm, seed-0 search_r2
 _PAPER_SOURCES = {
   "qwen2.5-7b": "/path/to/Qwen2.5-7B",  # base model (PAPER.md §2.1)
   "qwen3-8b": "/path/to/Qwen3-8B",
@@ -107,9 +110,10 @@ def get_config(arg: str = "tiny_world,search_r2") -> ml_collections.ConfigDict:
   c = _tiny_world(variant or "default") if backbone == "tiny_world" else _qa(backbone)
   r, w = c.refiner, c.reward
   r.enabled = arm not in ("search_r1", "search_r1_g10")
-  r.joint = arm == "search_r2"
+  r.joint = arm in ("search_r2", "search_r2_dw")
+  r.decision_weight = DECISION_WEIGHT_DW if arm == "search_r2_dw" else 1.0
   r.max_revisions = int(arm[4:]) if arm.startswith("nmax") else 1
-  w.process = "lexical" if arm in ("mr_pr", "search_r2") else "none"
+  w.process = "lexical" if arm in ("mr_pr", "search_r2", "search_r2_dw") else "none"
   if arm == "search_r1_g10":
     c.grpo.group_size = 10
   if r.enabled and backbone == "tiny_world":

@@ -119,6 +119,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       aggregate="logsumexp",  # p(revise): logsumexp | max over the steps
       joint=True,  # decisions trained with the trajectory's advantage (if enabled)
       max_prompt_tokens=2048,  # longer refiner prompts are accepted unjudged
+      decision_weight=1.0,  # joint: decision rows' advantage x this (beyond the paper)
     )
   )
   c.reward = ml_collections.ConfigDict(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sr2.agent.refiner import Decision
+from sr2.agent.refiner import Decision, RefinerConfig
 from sr2.agent.rollout import Trajectory
 from sr2.rl import drivers, joint
 
@@ -49,6 +49,22 @@ def test_decisions_carry_the_advantage_of_the_trajectory_they_produced():
   # Trajectory rows keep their own masks; padding rows have none.
   np.testing.assert_array_equal(batch["mask"][0], [0, 1, 0, 1, 0, 0, 0])
   assert batch["mask"][4:].sum() == 0
+
+
+def test_decision_weight_scales_only_the_decision_rows_advantages():
+  trajs = [_traj([1], [3], [1], [-0.1]), _traj([1], [6], [1], [-0.2])]
+  decisions = [[_decision([9], 1, 51, -0.5)], [_decision([8], 0, 50, -0.05)]]
+  batch, _ = joint.assemble(
+    trajs, [0.7, -0.7], decisions, rows=4, pad_id=0, buckets=(4,), decision_weight=0.02
+  )
+  np.testing.assert_allclose(batch["adv"], [0.7, -0.7, 0.014, -0.014])
+  np.testing.assert_array_equal(batch["mask"][2:].sum(axis=1), [1, 1])
+
+
+@pytest.mark.parametrize("weight", [0, -0.5, True, "0.1"])
+def test_decision_weight_must_be_a_positive_number(weight):
+  with pytest.raises(ValueError, match="refiner.decision_weight"):
+    RefinerConfig(enabled=True, decision_weight=weight)
 
 
 def test_without_joint_only_trajectories_enter():

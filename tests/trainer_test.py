@@ -184,6 +184,9 @@ def test_arms_differ_in_their_switches():
   nmax3, g10 = _search_r2_config("nmax3"), _search_r2_config("search_r1_g10")
   assert nmax3.refiner.max_revisions == 3 and not nmax3.refiner.joint
   assert g10.grpo.group_size == 10 and not g10.refiner.enabled
+  dw = _search_r2_config("search_r2_dw")
+  assert r2.refiner.decision_weight == 1.0 and dw.refiner.decision_weight == 0.02
+  assert dw.refiner.joint and dw.reward.process == "lexical"
 
 
 @pytest.mark.parametrize("backbone", ["smollm2", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct"])

@@ -57,6 +57,10 @@ class RefinerConfig:
     joint: joint optimisation; the decisions enter the GRPO batch (full Search-R2). Off for
       the "+MR" and "+MR+PR" ablations.
     max_prompt_tokens: longer refiner prompts are not judged (accepted, and counted).
+    decision_weight: joint optimisation multiplies each decision row's advantage by this,
+      which scales its policy-gradient term by the same factor (1.0: the paper as DESIGN.md
+      infers it; the paper is silent). Under seq-mean-token-mean a one-token decision row
+      weighs as much as a whole trajectory; < 1 lowers the decisions' share (README).
   """
 
   enabled: bool = False
@@ -65,6 +69,7 @@ class RefinerConfig:
   aggregate: str = "logsumexp"
   joint: bool = True
   max_prompt_tokens: int = 2048
+  decision_weight: float = 1.0
 
   def __post_init__(self):
     if isinstance(self.max_revisions, bool) or not (
@@ -75,6 +80,13 @@ class RefinerConfig:
       raise ValueError(f"refiner.aggregate={self.aggregate!r}; expected one of {AGGREGATES}")
     if self.max_prompt_tokens < 2:
       raise ValueError(f"refiner.max_prompt_tokens={self.max_prompt_tokens}; expected >= 2")
+    if isinstance(self.decision_weight, bool) or not (
+      isinstance(self.decision_weight, int | float) and self.decision_weight > 0
+    ):
+      raise ValueError(
+        f"refiner.decision_weight={self.decision_weight!r}; expected a number > 0 "
+        "(refiner.joint=False leaves the decisions out)"
+      )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,9 @@ PAPER.md §2.3 (inferred implementation, DESIGN.md): each Meta-Refiner judgement
 accepted, "j" when it flagged step j). It carries the group-normalised advantage Â_i of the
 final trajectory i it produced, so a bad accept or a bad cut is pushed down exactly as the
 Actor's tokens of that trajectory are. Its old log-prob is the one the judgement computed.
+`decision_weight` (refiner.decision_weight, beyond the paper) multiplies that advantage; as
+the clipped surrogate is linear in the advantage, it scales the row's policy-gradient term
+(not its KL term) by the same factor.
 
 The batch has a fixed number of rows, `rows`, so the jitted update compiles once: unused
 rows are padding with an all-zero mask (no loss, no KL, no count in seq-mean).
@@ -24,15 +27,15 @@ LENGTH_BUCKETS = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 
 def decision_samples(
-  decisions: Sequence[Sequence[Decision]], advantages: Sequence[float]
+  decisions: Sequence[Sequence[Decision]], advantages: Sequence[float], weight: float = 1.0
 ) -> list[tuple[list[int], list[int], list[int], list[float], float]]:
-  """(prompt, response, mask, old log-probs, advantage) per decision, row order kept."""
+  """(prompt, response, mask, old log-probs, weight · advantage) per decision, in row order."""
   if len(decisions) != len(advantages):
     raise ValueError(f"{len(decisions)} decision lists for {len(advantages)} advantages")
   out = []
   for ds, adv in zip(decisions, advantages, strict=True):
     for d in ds:
-      out.append((list(d.prompt_ids), [d.token], [1], [d.logprob], float(adv)))
+      out.append((list(d.prompt_ids), [d.token], [1], [d.logprob], weight * float(adv)))
   return out
 
 
@@ -44,6 +47,7 @@ def assemble(
   rows: int,
   pad_id: int,
   buckets: Sequence[int] = LENGTH_BUCKETS,
+  decision_weight: float = 1.0,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """The host batch of one update (`update.policy_batch` layout) and its composition.
 
@@ -54,13 +58,14 @@ def assemble(
     rows: the batch's row count (>= trajectories + decisions); the rest is padding.
     pad_id: the padding token.
     buckets: the token length is the smallest bucket holding the longest row.
+    decision_weight: multiplies the decisions' advantages (refiner.decision_weight).
   """
   samples = [
     (t.prompt_ids, t.response_ids, t.loss_mask, t.logprobs, float(a))
     for t, a in zip(trajectories, advantages, strict=True)
   ]
   if decisions is not None:
-    samples += decision_samples(decisions, advantages)
+    samples += decision_samples(decisions, advantages, decision_weight)
   if len(samples) > rows:
     raise ValueError(f"{len(samples)} samples exceed the batch's {rows} rows")
   n_real = len(samples)

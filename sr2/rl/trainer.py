@@ -199,7 +199,12 @@ class RLLoop:
     adv = np.asarray(adv)
     decisions = got.decisions if s.refiner.enabled and s.refiner.joint else None
     batch, batch_info = joint.assemble(
-      got.trajectories, adv, decisions, rows=self.rows, pad_id=task.tokenizer.pad_id
+      got.trajectories,
+      adv,
+      decisions,
+      rows=self.rows,
+      pad_id=task.tokenizer.pad_id,
+      decision_weight=s.refiner.decision_weight,
     )
     # Queued on the device; the host goes on sharding the batch meanwhile.
     batch["ref_logp"] = update.reference_logprobs(
