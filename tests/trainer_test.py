@@ -38,6 +38,7 @@ def test_job_writes_summary_and_metrics(straight):
   workdir, summary = straight
   assert {"em_before_rl", "em_after_rl", "total_seconds"} <= set(summary)
   assert 0 <= summary["em_before_rl"] <= 1 and 0 <= summary["em_after_rl"] <= 1
+  assert "trimmer_before_rl" not in summary  # no Meta-Refiner in the main job
   rl = [r for r in _rows(workdir) if r["phase"] == "rl"]
   assert [r["step"] for r in rl] == [1, 2]
   for key in ("reward", "searches", "turns", "loss", "kl_loss", "clip_frac", "grad_norm"):
@@ -173,6 +174,9 @@ def test_search_r2_step_logs_refiner_rewards_and_drivers(tmp_path):
   # The drivers' identity on this step's estimates.
   assert row["drivers/delta_j_pred"] == pytest.approx(row["refiner/delta_j"], abs=1e-9)
   assert 0 <= summary["em_after_rl"] <= 1
+  # The starting policy's gate and Trimmer, measured once before the first step.
+  before = summary["trimmer_before_rl"]
+  assert 0 <= before["gate_acc"] <= 1 and 0 <= before["trim_recall"] <= 1
 
 
 def test_arms_differ_in_their_switches():

@@ -6,7 +6,8 @@ Phases, each checkpointed so `--workdir` with a checkpoint resumes where it stop
   1. the task (rl/task.py): questions, BM25 index, tokenizer, model;
   2. SFT on the world's demonstrations (synthetic world; `sft.steps = 0` skips it), or the
      warm start another run kept (`--init_from`);
-  3. greedy evaluation on `eval.split` (EM before RL);
+  3. greedy evaluation on `eval.split` (EM before RL); with the Meta-Refiner on the
+     synthetic world, also its gate and Trimmer accuracy (`trimmer_before_rl`);
   4. GRPO steps (rl/trainer.py's `RLLoop`) against the frozen starting policy as KL
      reference; metrics every step, dev evaluation every `eval.every` steps;
   5. greedy evaluation again (EM after RL); `DIR/summary.json`, `DIR/metrics.jsonl`,
@@ -107,6 +108,11 @@ def _borrow_warm_start(init_from, template) -> tuple[dict, dict]:
     return keep.restore(0, like=template), keep.metrics(0)
 
 
+def _judges(s: Setup) -> bool:
+  """Whether the run measures its gate and Trimmer (a refiner run on the synthetic world)."""
+  return bool(s.task.trimmer_probes) and s.refiner.enabled
+
+
 def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> dict:
   """Runs the whole job (see the module docstring); returns the summary.
 
@@ -154,6 +160,12 @@ def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> di
       with checkpoint.Checkpointer(workdir / WARM_START) as keep:
         keep.save(0, state, metrics=before, force=True)
 
+  if _judges(s) and int(state["step"]) == 0 and "trimmer_before_rl" not in summary:
+    # The starting policy's gate and Trimmer (evaluated every `eval.every` steps after).
+    acc = trimmer_accuracy(task, state["params"], task.trimmer_probes, s.refiner)
+    summary["trimmer_before_rl"] = acc
+    summary_path.write_text(json.dumps(summary, indent=1))
+
   loop = RLLoop(s)
   params, opt_state, rng = state["params"], state["opt_state"], state["rng"]
   ref_params = state["ref_params"]
@@ -163,7 +175,7 @@ def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> di
     if s.eval.every and step % s.eval.every == 0:
       dev = _eval(s, params, "dev", s.eval.dev_limit)
       row.update({f"dev/{k}": v for k, v in dev.items()})
-      if task.trimmer_probes and s.refiner.enabled:
+      if _judges(s):
         acc = trimmer_accuracy(task, params, task.trimmer_probes, s.refiner)
         row.update({f"trimmer/{k}": v for k, v in acc.items()})
     if step % rl.log_every == 0 or step == rl.steps:
