@@ -29,6 +29,48 @@ def test_logits_match_hf(hf_and_sr2):
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
+def test_logits_match_hf_over_several_attention_blocks(hf_and_sr2):
+  """T = 150: three query blocks of the blocked causal attention (64, 64, 22)."""
+  hf, m = hf_and_sr2
+  assert transformer.causal_block(150) == 64
+  tokens = np.random.default_rng(5).integers(0, m.config.vocab_size, size=(2, 150))
+  want = hf_logits(hf, tokens)
+  got = np.asarray(models.forward(m.config, m.params, jnp.asarray(tokens)))
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("t,block", [(23, 7), (64, 64), (65, 64), (40, 100)])
+def test_blocked_causal_attention_equals_masked_attention(t, block):
+  c = models.preset("tiny")
+  rng = np.random.default_rng(t)
+  q = jnp.asarray(rng.normal(size=(2, t, c.n_heads, c.head_dim)), jnp.float32)
+  k, v = (
+    jnp.asarray(rng.normal(size=(2, t, c.n_kv_heads, c.head_dim)), jnp.float32) for _ in range(2)
+  )
+  mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (2, t, t))
+  want = transformer._attention(c, q, k, v, mask)
+  got = transformer._causal_attention(c, q, k, v, block)
+  np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_default_positions_match_explicit_positions_with_gradients():
+  """The blocked path (default positions) and the masked path agree in value and gradient."""
+  c = models.preset("tiny")
+  p = models.init_params(c, jax.random.key(1), std=0.1)
+  tokens = jnp.asarray(np.random.default_rng(6).integers(0, c.vocab_size, (2, 150)))
+  pos = jnp.broadcast_to(jnp.arange(150), (2, 150))
+
+  def loss(p, positions):
+    return jnp.mean(transformer.forward_hidden(c, p, tokens, positions) ** 2)
+
+  (blocked, g_blocked), (masked, g_masked) = (
+    jax.value_and_grad(loss)(p, positions) for positions in (None, pos)
+  )
+  np.testing.assert_allclose(blocked, masked, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_blocked), jax.tree.leaves(g_masked), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
 def test_config_read_from_checkpoint(hf_and_sr2):
   hf, m = hf_and_sr2
   c = m.config

@@ -131,6 +131,36 @@ def _attention(config, q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
   return out.reshape(b, t, h, dh)
 
 
+CAUSAL_BLOCK_MIN = 64  # query positions per block of `_causal_attention`, at least
+CAUSAL_BLOCKS_MAX = 16  # and at most this many blocks (bounds the unrolled program)
+
+
+def causal_block(t: int) -> int:
+  """Query positions per block for causal self-attention over `t` positions."""
+  return max(CAUSAL_BLOCK_MIN, -(-t // CAUSAL_BLOCKS_MAX))
+
+
+def _causal_attention(config, q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, block: int):
+  """Causal self-attention over positions 0..T-1, `block` query positions at a time.
+
+  Equal to `_attention` under the mask u <= t, but query block [s, e) only scores keys
+  [0, e): the blocks above the diagonal, which the mask would zero, are never computed.
+  That halves the score matrix (and its softmax, the costly part on CPU) and the memory
+  the backward pass keeps.
+  """
+  t = q_BxTxHxDh.shape[1]
+  outs = []
+  for start in range(0, t, block):
+    end = min(start + block, t)
+    mask_1xCxE = (jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None])[None]
+    outs.append(
+      _attention(
+        config, q_BxTxHxDh[:, start:end], k_BxTxKxDh[:, :end], v_BxTxKxDh[:, :end], mask_1xCxE
+      )
+    )
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
 def _project_qkv(config, layer, x_BxTxD, positions_BxT):
   q = jnp.einsum("btd,dhk->bthk", x_BxTxD, layer["q"])
   k = jnp.einsum("btd,dhk->bthk", x_BxTxD, layer["k"])
@@ -195,21 +225,29 @@ def forward_hidden(
     params: the params pytree.
     tokens_BxT: integer token ids.
     positions_BxT: positions (default 0..T-1); token t attends to tokens u with
-      position[u] <= position[t], so right padding never affects real tokens.
+      position[u] <= position[t], so right padding never affects real tokens. With the
+      default, attention is computed block by block below the diagonal
+      (`_causal_attention`); explicit positions take the full masked path.
 
   Returns:
     the residual stream after the last block, [B, T, D] in the params' dtype (the final
     RMSNorm is NOT applied; `logits_from_hidden` applies it).
   """
   _check_tokens(tokens_BxT)
-  if positions_BxT is None:
+  causal = positions_BxT is None
+  if causal:
     positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
-  mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
+  else:
+    mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
+  block = causal_block(tokens_BxT.shape[1])
   x = jnp.take(params["embed"], tokens_BxT, axis=0)
   for layer in params["layers"]:
     h = rms_norm(x, layer["attn_norm"], config.norm_eps)
     q, k, v = _project_qkv(config, layer, h, positions_BxT)
-    attn = _attention(config, q, k, v, mask_BxTxT)
+    if causal:
+      attn = _causal_attention(config, q, k, v, block)
+    else:
+      attn = _attention(config, q, k, v, mask_BxTxT)
     x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
     x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
   return x
