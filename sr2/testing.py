@@ -129,9 +129,10 @@ class ScriptedSampler:
     for r in range(state.batch):
       if state.done[r]:
         continue
+      row = self._row(state, r)
       text = (
-        self._scripts[r].pop(0)
-        if self._scripts[r]
+        self._scripts[row].pop(0)
+        if self._scripts[row]
         else self.tokenizer.decode([self.tokenizer.eos_id])
       )
       ids = self.tokenizer.encode(text)
@@ -149,7 +150,7 @@ class ScriptedSampler:
         ids, code = ids[: L - n], CONTEXT_FULL
       state.tokens[r, n : n + len(ids)] = ids
       state.logprobs[r, n : n + len(ids)] = -0.5
-      self.written[r].update(range(n, n + len(ids)))
+      self.written[row].update(range(n, n + len(ids)))
       state.lengths[r] = n + len(ids)
       state.done[r], state.finish[r] = True, code
     return state
@@ -170,6 +171,33 @@ class ScriptedSampler:
       state.logprobs[r, n:] = 0.0
       state.lengths[r] = n
       state.done[r], state.finish[r] = False, 0
+    return state
+
+  # A state from `select` keeps its rows' indices in the full batch in `rng` (the stand-in
+  # samples nothing), so each row still writes its own script.
+  @staticmethod
+  def _row(state, r: int) -> int:
+    return r if state.rng is None else int(state.rng[r])
+
+  def select(self, state, rows, batch):
+    import dataclasses
+
+    np = self._np
+    if len(rows) > batch:
+      raise ValueError(f"{len(rows)} rows do not fit a batch of {batch}")
+    idx = np.zeros(batch, np.int64)
+    idx[: len(rows)] = rows
+    fields = {
+      f: getattr(state, f)[idx].copy()
+      for f in ("tokens", "logprobs", "lengths", "turn_start", "done", "finish", "stop_state")
+    }
+    fields["done"][len(rows) :] = True
+    return dataclasses.replace(state, rng=np.asarray([self._row(state, r) for r in idx]), **fields)
+
+  def merge(self, state, sub, rows):
+    for i, r in enumerate(rows):
+      for f in ("tokens", "logprobs", "lengths", "turn_start", "done", "finish", "stop_state"):
+        getattr(state, f)[r] = getattr(sub, f)[i]
     return state
 
 

@@ -10,6 +10,7 @@ from sr2.agent.refiner import Decision, RefinerConfig
 from sr2.agent.rollout import (
   RolloutConfig,
   continue_rollout,
+  continue_rows,
   finish_rollout,
   rewind,
   start_rollout,
@@ -131,6 +132,71 @@ def test_cut_keeps_turn_budget_and_rounds_judge_only_revised_rows():
   # Round 0 judged both rows, round 1 only the revised one; the last revision is not judged.
   assert [len(d) for d in out.decisions] == [2, 1]
   assert [d.step for d in out.decisions[0]] == [3, 3]
+
+
+def test_revised_rows_of_a_large_batch_regenerate_in_their_own_batch():
+  # 10 rows > the 8-row batch the 2 revised rows regenerate in: each keeps its own script.
+  scripts = [[T1, T2_GOOD, T3_GOOD] for _ in range(10)]
+  scripts[3] = [T1, T2_BAD, T3_BAD, T2_GOOD, T3_GOOD]
+  scripts[9] = [T1, T3_BAD, T2_GOOD, T3_GOOD]
+  sampler, retriever, state, records, cfg = _draft(scripts)
+  draft = finish_rollout(state, records, TOK)
+  out = refiner.refine(
+    sampler,
+    None,
+    state,
+    records,
+    [f"q{i}" for i in range(10)],
+    retriever,
+    cfg,
+    RefinerConfig(),
+    judge_fn=_scripted(lambda i, n, steps: 2 if i in (3, 9) else 0),
+  )
+  for r in (3, 9):
+    new, old = out.trajectories[r], draft[r]
+    cut = old.steps[1][0]
+    assert new.response_ids[:cut] == old.response_ids[:cut] and old.answer == "Mirod"
+    assert new.answer == "Kelt" and new.queries == ["Vorla", "Brezum"]
+  assert all(out.trajectories[r] == draft[r] for r in range(10) if r not in (3, 9))
+  assert retriever.calls[-1] == ["Brezum", "Brezum"]
+
+
+def _greedy_batch(n_rows):
+  tok = tiny_byte_tokenizer()
+  config = models.preset("tiny", vocab_size=len(tok), n_layers=2)
+  params = models.init_params(config, jax.random.key(0), std=0.3)
+  sampler = Sampler(config, tok, SamplingConfig(max_len=256))
+  index = BM25Index.build(PASSAGES)
+  cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
+  texts = ["<search> Vorla </search>", "Kelt? <search>", "<search> Mirod", "Brezum <search> K"]
+  prompts = [tok.encode(texts[i % 4] + " " * (i // 4)) for i in range(n_rows)]
+  state, records = start_rollout(sampler, params, prompts, None)
+  state = continue_rollout(sampler, params, state, records, index, cfg)
+  return tok, sampler, params, index, cfg, state, records
+
+
+def test_continue_rows_in_a_small_batch_equals_the_full_batch():
+  tok, sampler, params, index, cfg, state, records = _greedy_batch(12)
+  draft = finish_rollout(state, records, tok)
+  rows = [r for r, t in enumerate(draft) if len(t.steps) >= 2][:3]
+  assert len(rows) >= 2, "the tiny model should take two turns in several rows"
+  others = [r for r in range(12) if r not in rows]
+  cache_before = [np.asarray(layer["k"])[others] for layer in state.cache]
+  state = rewind(sampler, state, records, rows, [2] * len(rows))
+  shapes = set(sampler._shapes)
+  state = continue_rows(sampler, params, state, records, rows, index, cfg)
+  assert ("take_rows", 12, 8) in sampler._shapes - shapes  # ran in a batch of 8
+  # Greedy from intact prefixes writes the same suffixes; the other rows are untouched.
+  assert finish_rollout(state, records, tok) == draft
+  for b, layer in zip(cache_before, state.cache, strict=True):
+    np.testing.assert_array_equal(b, np.asarray(layer["k"])[others])
+
+
+def test_continue_rows_refuses_other_running_rows():
+  tok, sampler, params, index, cfg, state, records = _greedy_batch(4)
+  state = rewind(sampler, state, records, [0, 1], [1, 1])
+  with pytest.raises(ValueError, match=r"rows \[1\] are still running"):
+    continue_rows(sampler, params, state, records, [0], index, cfg)
 
 
 def test_rewind_rejects_steps_out_of_range():

@@ -1,5 +1,7 @@
 """Sampler: HF parity, append/truncate equivalences, logprobs, stop strings, compile budget."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -241,3 +243,34 @@ def test_compile_budget_over_a_multi_turn_rollout(llama):
   # sampler's own count agrees with XLA's (truncate is the one program XLA counts apart).
   assert compiled == s.num_programs - 1
   assert 3 <= s.num_programs <= 3 * 3 + 3 + 1
+
+
+def test_select_then_merge_round_trips_and_checks_rows(llama):
+  _, m = llama
+  s = Sampler(m.config, None, SamplingConfig(max_len=48, **NO_STOP))
+  rng = np.random.default_rng(7)
+  state = s.prefill(m.params, [rng.integers(0, 300, n).tolist() for n in (5, 9, 3, 7, 4)])
+  state = s.decode(m.params, state, 6)
+  host = lambda st: jax.tree.map(np.asarray, dataclasses.replace(st, rng=None))
+  snap = host(state)
+  sub = s.select(state, [3, 1], 4)
+  assert sub.batch == 4 and np.asarray(sub.done)[2:].all()
+  np.testing.assert_array_equal(np.asarray(sub.tokens)[:2], snap.tokens[[3, 1]])
+  np.testing.assert_array_equal(np.asarray(sub.cache[0]["v"])[:2], snap.cache[0]["v"][[3, 1]])
+  back = s.merge(state, sub, [3, 1])
+  for a, b in zip(jax.tree.leaves(host(back)), jax.tree.leaves(snap), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  # Rows decoded in the small batch land in their own rows of the big one.
+  back = s.truncate(back, [4], [int(snap.lengths[4]) - 2])
+  sub = s.decode(m.params, s.select(back, [4], 2), 3)
+  merged = s.merge(back, sub, [4])
+  out = host(merged)
+  assert out.lengths.tolist() == (snap.lengths + [0, 0, 0, 0, 1]).tolist()
+  np.testing.assert_array_equal(out.tokens[:4], snap.tokens[:4])
+  np.testing.assert_array_equal(out.tokens[4], np.asarray(sub.tokens)[0])
+  with pytest.raises(ValueError, match="repeat a row"):
+    s.select(merged, [1, 1], 4)
+  with pytest.raises(ValueError, match=r"rows \[5\] out of range"):
+    s.select(merged, [5], 4)
+  with pytest.raises(ValueError, match="do not fit a batch of 1"):
+    s.select(merged, [0, 1], 1)

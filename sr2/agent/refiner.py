@@ -32,7 +32,7 @@ from sr2.agent.rollout import (
   Retriever,
   RolloutConfig,
   Trajectory,
-  continue_rollout,
+  continue_rows,
   finish_rollout,
   rewind,
 )
@@ -147,11 +147,19 @@ def prompt_ids(tokenizer, question: str, steps: Sequence[tuple[str, str | None]]
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _next_token_logprobs(config: ModelConfig, params, tokens_BxT, last_B, choices_BxC):
-  """log softmax of the logits after position last[b], at the token ids choices[b]."""
-  logits = transformer.forward(config, params, tokens_BxT)
-  last = jnp.take_along_axis(logits, last_B[:, None, None], axis=1)[:, 0]
-  logp = jax.nn.log_softmax(last.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp, choices_BxC, axis=-1)
+  """log softmax of the logits after position last[b], at the token ids choices[b].
+
+  The LM head runs on the one position read, not on all T (the judge needs one row of
+  logits per prompt, not [B, T, V]).
+  """
+  hidden_BxTxD = transformer.forward_hidden(config, params, tokens_BxT)
+  last_Bx1xD = jnp.take_along_axis(hidden_BxTxD, last_B[:, None, None], axis=1)
+  logits_BxV = transformer.logits_from_hidden(config, params, last_Bx1xD)[:, 0]
+  logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+  return jnp.take_along_axis(logp_BxV, choices_BxC, axis=-1)
+
+
+LENGTH_BUCKETS = (128, 256, 384, 512, 640, 768, 1024, 1280, 1536, 2048)
 
 
 def score_choices(
@@ -160,11 +168,20 @@ def score_choices(
   prompts: Sequence[Sequence[int]],
   choices: Sequence[Sequence[int]],
   pad_id: int = 0,
-  buckets: Sequence[int] = (128, 256, 384, 512, 768, 1024, 1536, 2048),
+  buckets: Sequence[int] = LENGTH_BUCKETS,
 ) -> list[np.ndarray]:
-  """log p(c | prompt) for each prompt's candidate next tokens, in one batched pass."""
+  """log p(c | prompt) for each prompt's candidate next tokens, in one batched pass.
+
+  The batch is padded to the smallest bucket that holds the longest prompt, so a run
+  compiles one program per bucket it reaches.
+  """
+  if len(prompts) != len(choices):
+    raise ValueError(f"{len(prompts)} prompts for {len(choices)} lists of choices")
   if not prompts:
     return []
+  empty = [i for i, p in enumerate(prompts) if not len(p)]
+  if empty:
+    raise ValueError(f"prompts {empty} are empty; each needs at least one token")
   longest = max(len(p) for p in prompts)
   length = next((b for b in buckets if b >= longest), longest)
   width = max(len(c) for c in choices)
@@ -263,7 +280,8 @@ def refine(
   `rng` samples the cut (training); None takes the argmax (evaluation). Rows are judged
   together, and every revised row regenerates in the same decode calls. `judge_fn(items,
   rng)` replaces the model's judgement (`judge` with these params) — a scripted refiner
-  in tests, or a refiner with params of its own.
+  in tests, or a refiner with params of its own. The revised rows regenerate in a batch of
+  their own (`continue_rows`), so a few revisions cost what a few rows cost.
   """
   tok = sampler.tokenizer
   if len(questions) != len(records):
@@ -287,7 +305,7 @@ def refine(
     if not revised:
       break
     state = rewind(sampler, state, records, revised, [decisions[i][-1].step for i in revised])
-    state = continue_rollout(sampler, params, state, records, retriever, rollout_config)
+    state = continue_rows(sampler, params, state, records, revised, retriever, rollout_config)
     trajs = finish_rollout(state, records, tok)
     pending = revised
   return Refined(state, trajs, drafts, decisions)

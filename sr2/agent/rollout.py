@@ -9,7 +9,8 @@ that need them. The sampled token ids are kept as they are: nothing is re-tokeni
 
 The loop works on a `SamplingState` plus per-row records, and `continue_rollout` resumes
 it from any state, which is what cut-and-regenerate needs: truncate a row to a step
-boundary, drop the records after it, and continue with the turns that remain.
+boundary, drop the records after it, and continue with the turns that remain
+(`continue_rows` does that for a few rows of a large batch in a batch of their own).
 """
 
 from __future__ import annotations
@@ -200,6 +201,38 @@ def continue_rollout(
       payload.append(ids)
     if rows:
       state = sampler.append(params, state, rows, payload)
+
+
+def continue_rows(
+  sampler: Sampler,
+  params,
+  state: SamplingState,
+  records: list[Record],
+  rows: Sequence[int],
+  retriever: Retriever,
+  config: RolloutConfig,
+  multiple: int = 8,
+) -> SamplingState:
+  """`continue_rollout` for the live `rows` of a batch whose other rows have finished.
+
+  The rows run in a batch of their own (their count rounded up to `multiple`; the full
+  batch when that is not smaller), taken out with `Sampler.select` and put back with
+  `Sampler.merge`: each decode step then costs what these rows cost, not the whole batch.
+  Their records are updated in place, as `continue_rollout` does.
+  """
+  rows = list(rows)
+  chosen = set(rows)
+  stray = [r for r, rec in enumerate(records) if rec.finish is None and r not in chosen]
+  if stray:
+    raise ValueError(f"rows {stray} are still running but not among the rows to continue")
+  if not rows:
+    return state
+  batch = -(-len(rows) // multiple) * multiple
+  if batch >= state.batch:
+    return continue_rollout(sampler, params, state, records, retriever, config)
+  sub = sampler.select(state, rows, batch)
+  sub = continue_rollout(sampler, params, sub, [records[r] for r in rows], retriever, config)
+  return sampler.merge(state, sub, rows)
 
 
 def rewind(

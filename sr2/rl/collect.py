@@ -22,6 +22,7 @@ from sr2.agent.refiner import Decision, RefinerConfig, refine
 from sr2.agent.rollout import (
   Trajectory,
   continue_rollout,
+  continue_rows,
   finish_rollout,
   rewind,
   start_rollout,
@@ -73,7 +74,7 @@ def _regenerate(sampler, params, state, records, rows, steps, task, retriever):
   state = jax.tree.map(jnp.copy, state)
   records = copy.deepcopy(records)
   state = rewind(sampler, state, records, rows, steps)
-  state = continue_rollout(sampler, params, state, records, retriever, task.rollout)
+  state = continue_rows(sampler, params, state, records, rows, retriever, task.rollout)
   return finish_rollout(state, records, sampler.tokenizer)
 
 

@@ -1,4 +1,5 @@
-"""The sampler's jitted kernels: extend (prefill/append), truncate and the decode loop.
+"""The sampler's jitted kernels: extend (prefill/append), truncate, the decode loop, and
+taking rows out of a state into a smaller one and putting them back.
 
 Each takes and returns a donated `SamplingState`; static arguments are the model config,
 the sampling config and the attention span, so programs are few and reused.
@@ -71,6 +72,37 @@ def truncate(state: SamplingState, new_len_B, mask_B):
     finish=jnp.where(mask_B, RUNNING, state.finish),
     stop_state=jnp.where(mask_B[:, None], 0, state.stop_state),
   )
+
+
+_ROW_FIELDS = ("tokens", "logprobs", "lengths", "turn_start", "done", "finish", "stop_state")
+
+
+@jax.jit
+def take_rows(state: SamplingState, rows_B, live_B):
+  """A state whose row i is `state`'s row rows_B[i]; rows with live_B[i] False are done.
+
+  Row data and KV cache are copied as they are (nothing re-encoded); the rng is shared.
+  """
+  fields = {name: getattr(state, name)[rows_B] for name in _ROW_FIELDS}
+  fields["done"] = fields["done"] | ~live_B
+  cache = [{k: v[rows_B] for k, v in layer.items()} for layer in state.cache]
+  return dataclasses.replace(state, cache=cache, **fields)
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def put_rows(state: SamplingState, sub: SamplingState, rows_B, live_B):
+  """`state` with its row rows_B[i] set to `sub`'s row i where live_B[i]; `sub`'s rng."""
+  at = jnp.where(live_B, rows_B, state.batch)  # out of range: dropped
+
+  def put(full, part):
+    return full.at[at].set(part, mode="drop")
+
+  fields = {name: put(getattr(state, name), getattr(sub, name)) for name in _ROW_FIELDS}
+  cache = [
+    {k: put(v, part[k]) for k, v in layer.items()}
+    for layer, part in zip(state.cache, sub.cache, strict=True)
+  ]
+  return dataclasses.replace(state, cache=cache, rng=sub.rng, **fields)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnames=("state",))

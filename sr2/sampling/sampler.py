@@ -22,7 +22,8 @@ above the longest length any row reaches in the call: a short prefix of a long r
 what its length costs, not the row capacity.
 
 Programs compiled, per batch size and capacity: one decode per span bucket, one extend per
-(chunk bucket, span bucket), one truncate. `Sampler.num_programs` reports the count.
+(chunk bucket, span bucket), one truncate; `select` and `merge` one each per pair of batch
+sizes. `Sampler.num_programs` reports the count.
 """
 
 from __future__ import annotations
@@ -171,6 +172,45 @@ class Sampler:
       new[r], mask[r] = n, True
     self._shapes.add(("truncate", state.batch))
     return kernels.truncate(state, jnp.asarray(new), jnp.asarray(mask))
+
+  def select(self, state: SamplingState, rows: Sequence[int], batch: int) -> SamplingState:
+    """A state of `batch` rows holding `rows` of `state` in order (the rest empty, done).
+
+    Work on a few rows of a large batch (regenerating the Meta-Refiner's revised rows)
+    then costs what those rows cost; `merge` puts them back. `state` is left as it is.
+    """
+    rows = self._check_rows(state, rows)
+    if not len(rows) <= batch:
+      raise ValueError(f"{len(rows)} rows do not fit a batch of {batch}")
+    idx = np.zeros(batch, np.int32)
+    idx[: len(rows)] = rows
+    live = np.arange(batch) < len(rows)
+    self._shapes.add(("take_rows", state.batch, batch))
+    return kernels.take_rows(state, jnp.asarray(idx), jnp.asarray(live))
+
+  def merge(self, state: SamplingState, sub: SamplingState, rows: Sequence[int]) -> SamplingState:
+    """`state` with `rows` set to the first rows of `sub` (from `select`), and `sub`'s rng."""
+    rows = self._check_rows(state, rows)
+    if len(rows) > sub.batch or sub.max_len != state.max_len:
+      raise ValueError(
+        f"cannot merge {len(rows)} rows from a batch of {sub.batch} x {sub.max_len} "
+        f"into one of {state.batch} x {state.max_len}"
+      )
+    idx = np.zeros(sub.batch, np.int32)
+    idx[: len(rows)] = rows
+    live = np.arange(sub.batch) < len(rows)
+    self._shapes.add(("put_rows", state.batch, sub.batch))
+    return kernels.put_rows(state, sub, jnp.asarray(idx), jnp.asarray(live))
+
+  @staticmethod
+  def _check_rows(state: SamplingState, rows: Sequence[int]) -> np.ndarray:
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    bad = [int(r) for r in rows if not 0 <= r < state.batch]
+    if bad:
+      raise ValueError(f"rows {bad} out of range for batch {state.batch}")
+    if len(set(rows.tolist())) != len(rows):
+      raise ValueError(f"rows {rows.tolist()} repeat a row")
+    return rows
 
   def decode(self, params, state: SamplingState, max_new_tokens: int) -> SamplingState:
     """Generates for every row that is not done, until each stops."""
