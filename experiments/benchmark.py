@@ -4,6 +4,7 @@ Names:
   sampler    decode speed of the sampler (`--help` for flags), optionally against HF generate
   retrieval  BM25 build and query speed against bm25s and rank-bm25
   refiner    seconds per GRPO step with and without the Meta-Refiner (tiny world)
+  forward    the causal forward pass (optionally with its backward), blocked vs masked attention
 """
 
 import sys
@@ -12,6 +13,7 @@ BENCHMARKS = {
   "sampler": "sr2.sampling.benchmark:sampler_benchmark",
   "retrieval": "sr2.retrieval.benchmark:retrieval_benchmark",
   "refiner": "sr2.rl.benchmark:refiner_benchmark",
+  "forward": "sr2.models.benchmark:forward_benchmark",
 }
 
 

@@ -180,3 +180,15 @@ def test_bad_tokens_rejected():
     models.forward(c, p, jnp.ones((4,), jnp.int32))
   with pytest.raises(ValueError, match="integer"):
     models.forward(c, p, jnp.ones((1, 4), jnp.float32))
+
+
+def test_forward_benchmark_times_both_paths_and_they_agree(capsys):
+  from sr2.models.benchmark import forward_benchmark
+
+  rows = forward_benchmark(
+    ["--model", "tiny", "--batch", "2", "--length", "70", "--grad", "--repeats", "1"]
+  )
+  assert [r.get("path") for r in rows[:2]] == ["blocked", "masked"]
+  assert rows[0]["attention_block"] == 64 and rows[0]["grad"]
+  assert rows[2]["max_abs_difference"] < 1e-6
+  assert len(capsys.readouterr().out.strip().splitlines()) == 3

@@ -1,0 +1,106 @@
+"""`experiments/benchmark.py forward`: the causal forward pass, blocked against masked attention.
+
+`transformer.forward_hidden` with default positions computes causal attention in query
+blocks below the diagonal (`_causal_attention`); with explicit positions it scores every
+(query, key) pair under a mask. Both give the same values. This times the two paths on
+random tokens at one batch shape, the forward alone or with its backward pass (`--grad`,
+the GRPO/SFT update's shape of work), and prints one JSON line per path and a summary.
+
+  python experiments/benchmark.py forward --model tiny_world --batch 40 --length 768
+  python experiments/benchmark.py forward --model smollm2-135m --batch 8 --length 1024 --grad
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sr2 import models
+from sr2.configlib import load_config_file
+from sr2.models import transformer
+
+
+def _model(name: str) -> models.ModelConfig:
+  """A preset, or "tiny_world": the model group of configs/tiny_world.py (vocabulary 2048)."""
+  if name != "tiny_world":
+    return models.preset(name)
+  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny_world.py"
+  fields = load_config_file(path, "default").model.to_dict()
+  return models.ModelConfig(**fields, vocab_size=2048)
+
+
+def _time(fn, repeats: int) -> list[float]:
+  jax.block_until_ready(fn())  # compiles
+  out = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    out.append(time.perf_counter() - start)
+  return out
+
+
+def forward_benchmark(argv: list[str]) -> list[dict]:
+  ap = argparse.ArgumentParser(prog="benchmark.py forward")
+  ap.add_argument("--model", default="tiny_world", help="a preset name or tiny_world")
+  ap.add_argument("--batch", type=int, default=40)
+  ap.add_argument("--length", type=int, default=768)
+  ap.add_argument("--grad", action="store_true", help="time forward + backward")
+  ap.add_argument("--repeats", type=int, default=5)
+  args = ap.parse_args(argv)
+  config = _model(args.model)
+  params = models.init_params(config, jax.random.key(0))
+  shape = (args.batch, args.length)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, shape), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(args.length), shape)
+
+  def loss(p, pos):
+    return jnp.mean(jnp.square(transformer.forward_hidden(config, p, tokens, pos)))
+
+  paths = {"blocked": None, "masked": positions}
+  fns = {
+    name: jax.jit(
+      jax.value_and_grad(lambda p, q=pos: loss(p, q))
+      if args.grad
+      else (lambda p, q=pos: transformer.forward_hidden(config, p, tokens, q))
+    )
+    for name, pos in paths.items()
+  }
+  outs = {name: jax.device_get(fn(params)) for name, fn in fns.items()}
+  rows = []
+  for name, fn in fns.items():
+    t = _time(lambda fn=fn: fn(params), args.repeats)
+    rows.append(
+      {
+        "benchmark": "forward",
+        "path": name,
+        "model": args.model,
+        "batch": args.batch,
+        "length": args.length,
+        "grad": args.grad,
+        "attention_block": transformer.causal_block(args.length),
+        "seconds_median": statistics.median(t),
+        "seconds_min": min(t),
+        "tokens_per_s": args.batch * args.length / statistics.median(t),
+      }
+    )
+    print(json.dumps(rows[-1]))
+  diff = max(
+    float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+    for a, b in zip(jax.tree.leaves(outs["blocked"]), jax.tree.leaves(outs["masked"]), strict=True)
+  )
+  summary = {
+    "benchmark": "forward",
+    "summary": True,
+    "speedup_median": rows[1]["seconds_median"] / rows[0]["seconds_median"],
+    "max_abs_difference": diff,
+    "devices": str(jax.devices()),
+  }
+  print(json.dumps(summary))
+  return [*rows, summary]
