@@ -60,22 +60,31 @@ def _draft(scripts, max_turns=4):
   return sampler, retriever, state, records, cfg
 
 
+def _refine_scripted(drafted, flag, config=None):
+  """Runs `refine` on a `_draft` result with the scripted refiner `flag`."""
+  sampler, retriever, state, records, cfg = drafted
+  questions = [f"q{i}" for i in range(len(records))]
+  return refiner.refine(
+    sampler,
+    None,
+    state,
+    records,
+    questions,
+    retriever,
+    cfg,
+    config or RefinerConfig(),
+    judge_fn=_scripted(flag),
+  )
+
+
 def test_scripted_flag_regenerates_exactly_from_step_j():
   # Row 0 drafts T1, T2_BAD, T3_BAD, then (after the cut at step 2) writes T2_GOOD, T3_GOOD.
   sampler, retriever, state, records, cfg = _draft(
     [[T1, T2_BAD, T3_BAD, T2_GOOD, T3_GOOD], [T1, T2_GOOD, T3_GOOD]]
   )
   draft = finish_rollout(state, records, TOK)
-  out = refiner.refine(
-    sampler,
-    None,
-    state,
-    records,
-    ["q0", "q1"],
-    retriever,
-    cfg,
-    RefinerConfig(),
-    judge_fn=_scripted(lambda i, n, steps: 2 if i == 0 else 0),
+  out = _refine_scripted(
+    (sampler, retriever, state, records, cfg), lambda i, n, steps: 2 if i == 0 else 0
   )
   new, old = out.trajectories[0], draft[0]
   cut = old.steps[1][0]  # step 2 starts here
@@ -90,24 +99,18 @@ def test_scripted_flag_regenerates_exactly_from_step_j():
   assert out.drafts == draft
   assert [len(d) for d in out.decisions] == [1, 1] and out.revised.tolist() == [True, False]
   assert retriever.calls[-1] == ["Brezum"]  # only the cut row searched again
+  assert out.judge_s > 0 and out.regenerate_s > 0
 
 
 def test_scripted_accept_leaves_trajectories_identical():
   sampler, retriever, state, records, cfg = _draft([[T1, T2_GOOD, T3_GOOD]])
   draft = finish_rollout(state, records, TOK)
   calls = sampler.decode_calls
-  out = refiner.refine(
-    sampler,
-    None,
-    state,
-    records,
-    ["q"],
-    retriever,
-    cfg,
-    RefinerConfig(max_revisions=3),
-    judge_fn=_scripted(lambda i, n, steps: 0),
+  out = _refine_scripted(
+    (sampler, retriever, state, records, cfg), lambda i, n, steps: 0, RefinerConfig(max_revisions=3)
   )
   assert out.trajectories == draft and sampler.decode_calls == calls
+  assert out.judge_s > 0 and out.regenerate_s == 0.0  # nothing regenerated
   assert len(out.decisions[0]) == 1 and out.decisions[0][0].step == 0
 
 
@@ -116,16 +119,10 @@ def test_cut_keeps_turn_budget_and_rounds_judge_only_revised_rows():
   sampler, retriever, state, records, cfg = _draft(
     [[T1, T2_GOOD, T3_BAD, T3_GOOD, T3_GOOD], [T1, T2_GOOD, T3_GOOD]], max_turns=3
   )
-  out = refiner.refine(
-    sampler,
-    None,
-    state,
-    records,
-    ["q0", "q1"],
-    retriever,
-    cfg,
+  out = _refine_scripted(
+    (sampler, retriever, state, records, cfg),
+    lambda i, n, steps: 3 if i == 0 else 0,  # i indexes the judged rows
     RefinerConfig(max_revisions=2),
-    judge_fn=_scripted(lambda i, n, steps: 3 if i == 0 else 0),  # i indexes the judged rows
   )
   t = out.trajectories[0]
   assert t.num_turns == 3 and t.answer == "Kelt" and t.queries == ["Vorla", "Brezum"]
@@ -141,16 +138,8 @@ def test_revised_rows_of_a_large_batch_regenerate_in_their_own_batch():
   scripts[9] = [T1, T3_BAD, T2_GOOD, T3_GOOD]
   sampler, retriever, state, records, cfg = _draft(scripts)
   draft = finish_rollout(state, records, TOK)
-  out = refiner.refine(
-    sampler,
-    None,
-    state,
-    records,
-    [f"q{i}" for i in range(10)],
-    retriever,
-    cfg,
-    RefinerConfig(),
-    judge_fn=_scripted(lambda i, n, steps: 2 if i in (3, 9) else 0),
+  out = _refine_scripted(
+    (sampler, retriever, state, records, cfg), lambda i, n, steps: 2 if i in (3, 9) else 0
   )
   for r in (3, 9):
     new, old = out.trajectories[r], draft[r]
@@ -161,22 +150,25 @@ def test_revised_rows_of_a_large_batch_regenerate_in_their_own_batch():
   assert retriever.calls[-1] == ["Brezum", "Brezum"]
 
 
-def _greedy_batch(n_rows):
+def _greedy_batch(texts):
+  """A greedy rollout of the tiny random model on `texts` (its draft, and what it needs)."""
   tok = tiny_byte_tokenizer()
   config = models.preset("tiny", vocab_size=len(tok), n_layers=2)
   params = models.init_params(config, jax.random.key(0), std=0.3)
   sampler = Sampler(config, tok, SamplingConfig(max_len=256))
   index = BM25Index.build(PASSAGES)
   cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
-  texts = ["<search> Vorla </search>", "Kelt? <search>", "<search> Mirod", "Brezum <search> K"]
-  prompts = [tok.encode(texts[i % 4] + " " * (i // 4)) for i in range(n_rows)]
+  prompts = [tok.encode(t) for t in texts]
   state, records = start_rollout(sampler, params, prompts, None)
   state = continue_rollout(sampler, params, state, records, index, cfg)
   return tok, sampler, params, index, cfg, state, records
 
 
 def test_continue_rows_in_a_small_batch_equals_the_full_batch():
-  tok, sampler, params, index, cfg, state, records = _greedy_batch(12)
+  texts = ["<search> Vorla </search>", "Kelt? <search>", "<search> Mirod", "Brezum <search> K"]
+  tok, sampler, params, index, cfg, state, records = _greedy_batch(
+    [texts[i % 4] + " " * (i // 4) for i in range(12)]
+  )
   draft = finish_rollout(state, records, tok)
   rows = [r for r, t in enumerate(draft) if len(t.steps) >= 2][:3]
   assert len(rows) >= 2, "the tiny model should take two turns in several rows"
@@ -193,7 +185,7 @@ def test_continue_rows_in_a_small_batch_equals_the_full_batch():
 
 
 def test_continue_rows_refuses_other_running_rows():
-  tok, sampler, params, index, cfg, state, records = _greedy_batch(4)
+  tok, sampler, params, index, cfg, state, records = _greedy_batch(["<search> Vorla </search>"] * 4)
   state = rewind(sampler, state, records, [0, 1], [1, 1])
   with pytest.raises(ValueError, match=r"rows \[1\] are still running"):
     continue_rows(sampler, params, state, records, [0], index, cfg)
@@ -245,15 +237,9 @@ def test_judge_scores_equal_a_forward_pass_and_batch():
 
 
 def test_real_sampler_cut_keeps_cache_and_greedy_regenerates_the_same():
-  tok = tiny_byte_tokenizer()
-  config = models.preset("tiny", vocab_size=len(tok), n_layers=2)
-  params = models.init_params(config, jax.random.key(0), std=0.3)
-  sampler = Sampler(config, tok, SamplingConfig(max_len=256))
-  index = BM25Index.build(PASSAGES)
-  cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
-  prompts = [tok.encode("<search> Vorla </search>"), tok.encode("Kelt? <search>")]
-  state, records = start_rollout(sampler, params, prompts, None)
-  state = continue_rollout(sampler, params, state, records, index, cfg)
+  tok, sampler, params, index, cfg, state, records = _greedy_batch(
+    ["<search> Vorla </search>", "Kelt? <search>"]
+  )
   draft = finish_rollout(state, records, tok)
   rows = [r for r, t in enumerate(draft) if len(t.steps) >= 2]
   assert rows, "the tiny model should take at least two turns somewhere"

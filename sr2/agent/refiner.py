@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -250,12 +251,16 @@ class Refined:
     trajectories: the final trajectories (the mixture policy's samples).
     drafts: the Actor's first trajectories, before any revision.
     decisions: per row, its decisions in order (empty if never judged).
+    judge_s: host seconds spent judging (prompts and the forward passes), all rounds.
+    regenerate_s: host seconds spent cutting and regenerating, all rounds.
   """
 
   state: SamplingState
   trajectories: list[Trajectory]
   drafts: list[Trajectory]
   decisions: list[list[Decision]]
+  judge_s: float = 0.0
+  regenerate_s: float = 0.0
 
   @property
   def revised(self) -> np.ndarray:
@@ -290,12 +295,15 @@ def refine(
   drafts = list(trajs)
   decisions: list[list[Decision]] = [[] for _ in trajs]
   pending = [i for i, r in enumerate(records) if r.finish != "prompt_too_long"]
+  judge_s = regenerate_s = 0.0
   for _ in range(config.max_revisions):
+    start = time.perf_counter()
     items = [(questions[i], trajectory_steps(trajs[i], tok)) for i in pending]
     if judge_fn is None:
       verdicts = judge(sampler.model, params, tok, items, config, rng)
     else:
       verdicts = judge_fn(items, rng)
+    judge_s += time.perf_counter() - start
     revised = []
     for i, d in zip(pending, verdicts, strict=True):
       if d is not None:
@@ -304,8 +312,10 @@ def refine(
           revised.append(i)
     if not revised:
       break
+    start = time.perf_counter()
     state = rewind(sampler, state, records, revised, [decisions[i][-1].step for i in revised])
     state = continue_rows(sampler, params, state, records, revised, retriever, rollout_config)
     trajs = finish_rollout(state, records, tok)
+    regenerate_s += time.perf_counter() - start
     pending = revised
-  return Refined(state, trajs, drafts, decisions)
+  return Refined(state, trajs, drafts, decisions, judge_s, regenerate_s)

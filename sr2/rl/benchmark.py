@@ -82,6 +82,8 @@ def refiner_benchmark(argv: list[str]) -> None:
       "sec_per_step_median": float(np.median(t)),
       "rollout_s": float(np.mean([x["rollout_s"] for x in r])),
       "refine_s": float(np.mean([x.get("refine_s", 0.0) for x in r])),
+      "judge_s": float(np.mean([x.get("judge_s", 0.0) for x in r])),
+      "regenerate_s": float(np.mean([x.get("regenerate_s", 0.0) for x in r])),
       "update_s": float(np.mean([x["update_s"] for x in r])),
       "revision_rate": float(np.mean([x.get("refiner/v_inter", 0.0) for x in r])),
       "batch_rows": float(np.mean([x["batch_rows"] for x in r])),

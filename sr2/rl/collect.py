@@ -4,7 +4,7 @@
 the Meta-Refiner if enabled (agent/refiner.py), scores the final trajectories (and the
 drafts, for the drivers), and with `probe=True` runs the two counterfactual regenerations
 that rl/drivers.py needs. Host seconds are split into rollout (sampler and retrieval),
-retrieval alone, refiner (judging and regeneration), reward and probe.
+retrieval alone, refiner (judging and regeneration; each also on its own), reward and probe.
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ def collect(
       rng=np_rng,
     )
     m["refine_s"] = time.perf_counter() - t1
+    m["judge_s"], m["regenerate_s"] = out.judge_s, out.regenerate_s
     trajs, drafts, decisions = out.trajectories, out.drafts, out.decisions
   else:
     trajs = finish_rollout(state, records, sampler.tokenizer)
