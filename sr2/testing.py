@@ -182,21 +182,22 @@ class ScriptedSampler:
   def select(self, state, rows, batch):
     import dataclasses
 
+    from sr2.sampling.state import ROW_FIELDS
+
     np = self._np
     if len(rows) > batch:
       raise ValueError(f"{len(rows)} rows do not fit a batch of {batch}")
     idx = np.zeros(batch, np.int64)
     idx[: len(rows)] = rows
-    fields = {
-      f: getattr(state, f)[idx].copy()
-      for f in ("tokens", "logprobs", "lengths", "turn_start", "done", "finish", "stop_state")
-    }
+    fields = {f: getattr(state, f)[idx].copy() for f in ROW_FIELDS}
     fields["done"][len(rows) :] = True
     return dataclasses.replace(state, rng=np.asarray([self._row(state, r) for r in idx]), **fields)
 
   def merge(self, state, sub, rows):
+    from sr2.sampling.state import ROW_FIELDS
+
     for i, r in enumerate(rows):
-      for f in ("tokens", "logprobs", "lengths", "turn_start", "done", "finish", "stop_state"):
+      for f in ROW_FIELDS:
         getattr(state, f)[r] = getattr(sub, f)[i]
     return state
 

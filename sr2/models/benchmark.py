@@ -16,7 +16,6 @@ import argparse
 import json
 import pathlib
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ import numpy as np
 from sr2 import models
 from sr2.configlib import load_config_file
 from sr2.models import transformer
+from sr2.sampling.benchmark import median_time
 
 
 def _model(name: str) -> models.ModelConfig:
@@ -34,16 +34,6 @@ def _model(name: str) -> models.ModelConfig:
   path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny_world.py"
   fields = load_config_file(path, "default").model.to_dict()
   return models.ModelConfig(**fields, vocab_size=2048)
-
-
-def _time(fn, repeats: int) -> list[float]:
-  jax.block_until_ready(fn())  # compiles
-  out = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    out.append(time.perf_counter() - start)
-  return out
 
 
 def forward_benchmark(argv: list[str]) -> list[dict]:
@@ -72,10 +62,10 @@ def forward_benchmark(argv: list[str]) -> list[dict]:
     )
     for name, pos in paths.items()
   }
-  outs = {name: jax.device_get(fn(params)) for name, fn in fns.items()}
+  outs = {name: jax.device_get(fn(params)) for name, fn in fns.items()}  # compiles
   rows = []
   for name, fn in fns.items():
-    t = _time(lambda fn=fn: fn(params), args.repeats)
+    _, t = median_time(lambda fn=fn: fn(params), args.repeats)
     rows.append(
       {
         "benchmark": "forward",

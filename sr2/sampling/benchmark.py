@@ -34,7 +34,7 @@ _PROMPT_TEXT = (
 )
 
 
-def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
+def median_time(fn, repeats: int) -> tuple[float, list[float]]:
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -48,11 +48,11 @@ def measure_ceilings() -> dict:
   a = jnp.ones((4096, 4096), jnp.float32)
   mm = jax.jit(lambda x: x @ x)
   jax.block_until_ready(mm(a))
-  t, _ = _median_time(lambda: mm(a), 5)
+  t, _ = median_time(lambda: mm(a), 5)
   big = jnp.ones((128 * 1024 * 1024,), jnp.float32)  # 512 MB
   sm = jax.jit(jnp.sum)
   jax.block_until_ready(sm(big))
-  tb, _ = _median_time(lambda: sm(big), 5)
+  tb, _ = median_time(lambda: sm(big), 5)
   return {"peak_flops": 2 * 4096**3 / t, "peak_bytes_per_s": big.nbytes / tb}
 
 
@@ -99,8 +99,8 @@ def sampler_rows(
   start = time.perf_counter()
   state = jax.block_until_ready(run())
   first_call = time.perf_counter() - start
-  t_total, times = _median_time(lambda: run().tokens, repeats)
-  t_prefill, _ = _median_time(prefill, repeats)
+  t_total, times = median_time(lambda: run().tokens, repeats)
+  t_prefill, _ = median_time(prefill, repeats)
   out = np.asarray(state.tokens[0, prompt_len:max_len]).tolist()
   # Rows that stop early (stops on) generate fewer tokens: count what was generated.
   generated = int(np.sum(np.asarray(state.lengths) - prompt_len))

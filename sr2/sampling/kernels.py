@@ -20,6 +20,7 @@ from sr2.sampling.state import (
   CONTEXT_FULL,
   EOS,
   MAX_NEW_TOKENS,
+  ROW_FIELDS,
   RUNNING,
   STOP_STRING,
   SamplingConfig,
@@ -74,16 +75,13 @@ def truncate(state: SamplingState, new_len_B, mask_B):
   )
 
 
-_ROW_FIELDS = ("tokens", "logprobs", "lengths", "turn_start", "done", "finish", "stop_state")
-
-
 @jax.jit
 def take_rows(state: SamplingState, rows_B, live_B):
   """A state whose row i is `state`'s row rows_B[i]; rows with live_B[i] False are done.
 
   Row data and KV cache are copied as they are (nothing re-encoded); the rng is shared.
   """
-  fields = {name: getattr(state, name)[rows_B] for name in _ROW_FIELDS}
+  fields = {name: getattr(state, name)[rows_B] for name in ROW_FIELDS}
   fields["done"] = fields["done"] | ~live_B
   cache = [{k: v[rows_B] for k, v in layer.items()} for layer in state.cache]
   return dataclasses.replace(state, cache=cache, **fields)
@@ -97,7 +95,7 @@ def put_rows(state: SamplingState, sub: SamplingState, rows_B, live_B):
   def put(full, part):
     return full.at[at].set(part, mode="drop")
 
-  fields = {name: put(getattr(state, name), getattr(sub, name)) for name in _ROW_FIELDS}
+  fields = {name: put(getattr(state, name), getattr(sub, name)) for name in ROW_FIELDS}
   cache = [
     {k: put(v, part[k]) for k, v in layer.items()}
     for layer, part in zip(state.cache, sub.cache, strict=True)

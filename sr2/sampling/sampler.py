@@ -182,11 +182,8 @@ class Sampler:
     rows = self._check_rows(state, rows)
     if not len(rows) <= batch:
       raise ValueError(f"{len(rows)} rows do not fit a batch of {batch}")
-    idx = np.zeros(batch, np.int32)
-    idx[: len(rows)] = rows
-    live = np.arange(batch) < len(rows)
     self._shapes.add(("take_rows", state.batch, batch))
-    return kernels.take_rows(state, jnp.asarray(idx), jnp.asarray(live))
+    return kernels.take_rows(state, *self._row_index(rows, batch))
 
   def merge(self, state: SamplingState, sub: SamplingState, rows: Sequence[int]) -> SamplingState:
     """`state` with `rows` set to the first rows of `sub` (from `select`), and `sub`'s rng."""
@@ -196,11 +193,15 @@ class Sampler:
         f"cannot merge {len(rows)} rows from a batch of {sub.batch} x {sub.max_len} "
         f"into one of {state.batch} x {state.max_len}"
       )
-    idx = np.zeros(sub.batch, np.int32)
-    idx[: len(rows)] = rows
-    live = np.arange(sub.batch) < len(rows)
     self._shapes.add(("put_rows", state.batch, sub.batch))
-    return kernels.put_rows(state, sub, jnp.asarray(idx), jnp.asarray(live))
+    return kernels.put_rows(state, sub, *self._row_index(rows, sub.batch))
+
+  @staticmethod
+  def _row_index(rows: np.ndarray, batch: int) -> tuple[jax.Array, jax.Array]:
+    """(rows padded with 0 to `batch`, which entries are real) for take_rows / put_rows."""
+    idx = np.zeros(batch, np.int32)
+    idx[: len(rows)] = rows
+    return jnp.asarray(idx), jnp.asarray(np.arange(batch) < len(rows))
 
   @staticmethod
   def _check_rows(state: SamplingState, rows: Sequence[int]) -> np.ndarray:

@@ -95,6 +95,10 @@ def sampling_config(cfg, where: str = "config.sampling", **overrides) -> Samplin
     raise ConfigError(f"{where}: {e}") from None
 
 
+# The per-row fields of a SamplingState besides the KV cache ([B, ...] arrays).
+ROW_FIELDS = ("tokens", "logprobs", "lengths", "turn_start", "done", "finish", "stop_state")
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SamplingState:
