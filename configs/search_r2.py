@@ -86,6 +86,7 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
   c.grpo.group_size = 5
   c.grpo.kl_coef = 0.001
   c.grpo.num_minibatches = 1  # paper: mini-batch 512 prompts = the whole step
+  c.grpo.micro_batch_rows = 64 if paper else 10  # rows per pass: memory, not math (silent)
   c.opt.lr = 1e-6
   c.opt.warmup_steps = 85 if paper else 10  # warmup ratio 0.285 of 300 steps
   c.opt.weight_decay = 0.01

@@ -5,6 +5,7 @@ Names:
   retrieval  BM25 build and query speed against bm25s and rank-bm25
   refiner    seconds per GRPO step with and without the Meta-Refiner (tiny world)
   forward    the causal forward pass (optionally with its backward), blocked vs masked attention
+  update     one GRPO update in one pass against micro-batches (summed gradients)
 """
 
 import sys
@@ -14,6 +15,7 @@ BENCHMARKS = {
   "retrieval": "sr2.retrieval.benchmark:retrieval_benchmark",
   "refiner": "sr2.rl.benchmark:refiner_benchmark",
   "forward": "sr2.models.benchmark:forward_benchmark",
+  "update": "sr2.rl.benchmark:update_benchmark",
 }
 
 

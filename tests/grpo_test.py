@@ -180,6 +180,8 @@ def test_config_validation_and_group_advantages_jit():
     dict(kl_kind="k2"),
     dict(clip_eps=0.0),
     dict(kl_coef=-1.0),
+    dict(micro_batch_rows=-1),
+    dict(micro_batch_rows=2.0),
   ):
     with pytest.raises(ConfigError):
       grpo.GRPOConfig(**bad)

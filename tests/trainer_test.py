@@ -75,6 +75,14 @@ def test_config_typo_fails_before_work(tmp_path):
   assert not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_micro_batch_rows_that_do_not_split_the_batch_fail_before_work(tmp_path):
+  c = _config(1)
+  c.grpo.micro_batch_rows = 3  # the smoke batch has 2 prompts x 4 rollouts = 8 rows
+  with pytest.raises(ConfigError, match="mini-batches of 8 rows do not split"):
+    train_and_evaluate(c, str(tmp_path))
+  assert not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_stop_short_out_of_range_is_named(tmp_path):
   c = _config(1)
   c.data.stop_short = 1.5

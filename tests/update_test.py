@@ -1,5 +1,6 @@
 """GRPO update: batch alignment, a golden step, and equality across device meshes."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sr2 import models
 from sr2.parallel import MeshConfig, make_mesh
@@ -66,7 +68,7 @@ GOLDEN_Q_SUM = 1.666508436203003
 
 _SCRIPT = textwrap.dedent(
   """
-  import sys, jax, jax.numpy as jnp, numpy as np
+  import dataclasses, sys, jax, jax.numpy as jnp, numpy as np
   sys.path.insert(0, "tests")
   from update_test import _setup
   from sr2.parallel import MeshConfig, make_mesh
@@ -77,12 +79,14 @@ _SCRIPT = textwrap.dedent(
   for name, mc, devs in [("one", MeshConfig(data=1), jax.devices()[:1]),
                          ("data4", MeshConfig(data=4), None),
                          ("data2_fsdp2", MeshConfig(data=2, fsdp=2), None),
-                         ("data2_tensor2", MeshConfig(data=2, tensor=2), None)]:
+                         ("data2_tensor2", MeshConfig(data=2, tensor=2), None),
+                         ("data4_micro4", MeshConfig(data=4), None)]:
     mesh = make_mesh(mc, devices=devs)
     sh = update.make_shardings(model, opt, mesh, batch_rows=8)
     params, opt_state = update.init_sharded(model, opt, sh, jax.random.key(0))
     ref = update.reference_logprobs(model, params, jnp.asarray(batch["tokens"]))
-    step = update.make_update(model, cfg, opt, sh)
+    c = dataclasses.replace(cfg, micro_batch_rows=4) if "micro" in name else cfg
+    step = update.make_update(model, c, opt, sh)
     sharded = update.put_batch({**batch, "ref_logp": ref}, sh)
     for _ in range(2):
       params, opt_state, m = step(params, opt_state, sharded)
@@ -172,3 +176,88 @@ def test_all_nonfinite_leaves_state_untouched():
   assert float(m["nonfinite"]) == 1
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((params, opt_state)), strict=True):
     np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def _micro_case(agg: str, masks_off=(1, 5)):
+  """Params, a batch with rows `masks_off` masked out, and a config with KL and entropy."""
+  model, _, _, batch = _setup()
+  params = models.init_params(model, jax.random.key(0))
+  ref = np.asarray(update.reference_logprobs(model, params, batch["tokens"]))
+  batch = {k: jnp.asarray(v) for k, v in {**batch, "ref_logp": ref + 0.05}.items()}
+  for r in masks_off:
+    batch["mask"] = batch["mask"].at[r].set(0)
+  cfg = grpo.GRPOConfig(group_size=4, kl_coef=0.01, entropy_coef=0.01, loss_agg=agg)
+  return model, params, batch, cfg
+
+
+@pytest.mark.parametrize("agg", grpo.AGG_MODES)
+def test_micro_batches_give_the_one_pass_loss_gradients_and_metrics(agg):
+  # Rows 1 and 5 have no loss tokens: with 2-row micro-batches (rows k and k + 4), micro-
+  # batch 1 is empty, which the weights and the min/max merges must ignore.
+  model, params, batch, cfg = _micro_case(agg)
+  loss_grads = jax.jit(update.loss_and_grads, static_argnums=(0, 1))
+  (loss, metrics), grads = loss_grads(model, cfg, params, batch)
+  for rows in (1, 2, 4):
+    micro = dataclasses.replace(cfg, micro_batch_rows=rows)
+    (loss_k, m), g = loss_grads(model, micro, params, batch)
+    np.testing.assert_allclose(float(loss_k), float(loss), rtol=1e-5, atol=1e-7)
+    assert set(m) == set(metrics)
+    for name in metrics:
+      np.testing.assert_allclose(float(m[name]), float(metrics[name]), rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(grads), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-8)
+  assert float(metrics["entropy"]) > 0 and float(metrics["kl_loss"]) > 0
+
+
+def test_micro_batches_with_no_loss_tokens_keep_the_defaults():
+  model, params, batch, cfg = _micro_case("seq-mean-token-mean", masks_off=range(8))
+  (_, one), _ = update.loss_and_grads(model, cfg, params, batch)
+  (_, micro), grads = update.loss_and_grads(
+    model, dataclasses.replace(cfg, micro_batch_rows=2), params, batch
+  )
+  assert float(micro["ratio_mean"]) == float(one["ratio_mean"]) == 1.0
+  assert float(micro["ratio_min"]) == float(one["ratio_min"]) == 1.0
+  assert float(micro["loss"]) == float(one["loss"]) == 0.0
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_micro_batch_rows_must_split_the_minibatch():
+  model, params, batch, cfg = _micro_case("token-mean")
+  with pytest.raises(ValueError, match="micro-batches of 3 rows"):
+    update.loss_and_grads(model, dataclasses.replace(cfg, micro_batch_rows=3), params, batch)
+  opt = make_optimizer(OptConfig(lr=1e-3))
+  cfg = dataclasses.replace(cfg, num_minibatches=2, micro_batch_rows=3)
+  with pytest.raises(ValueError, match="mini-batches of 4 rows do not split"):
+    update.update_step(model, cfg, opt, params, opt.init(params), batch)
+
+
+def test_merge_names_a_metric_without_a_rule():
+  m = {"pg_loss": jnp.zeros(2), "new_metric": jnp.zeros(2)}
+  with pytest.raises(KeyError, match="new_metric"):
+    grpo.merge_micro_metrics(
+      m, jnp.zeros(2), jnp.ones((2, 1, 3)), jnp.zeros(2), jnp.ones((2, 3)), "token-mean"
+    )
+
+
+def test_update_benchmark_times_each_micro_batch_size_and_they_agree(capsys):
+  from sr2.rl.benchmark import update_benchmark
+
+  rows = update_benchmark(["--batch", "4", "--length", "160", "--micro", "0,2", "--repeats", "1"])
+  assert [r["micro_batch_rows"] for r in rows] == [0, 2]
+  assert all(r["seconds_median"] > 0 for r in rows)
+  assert rows[1]["grad_norm_rel_difference"] < 1e-5 and rows[0]["grad_norm"] > 0
+  assert abs(rows[1]["loss"] - rows[0]["loss"]) < 1e-6
+  assert capsys.readouterr().out.count('"benchmark": "update"') == 2
+
+
+def test_compile_clock_counts_compilation_not_cached_calls():
+  from sr2.rl.benchmark import CompileClock
+
+  fn = jax.jit(lambda x: jnp.tanh(x) * 3.0 + 1.0)
+  with CompileClock() as first:
+    jax.block_until_ready(fn(jnp.ones(7)))
+  with CompileClock() as again:
+    jax.block_until_ready(fn(jnp.ones(7)))
+  assert first.seconds > 0 and again.seconds == 0
+  jax.block_until_ready(fn(jnp.ones(9)))  # outside the context: not counted
+  assert first.seconds > 0 and again.seconds == 0

@@ -27,7 +27,7 @@ from sr2.models import transformer
 from sr2.sampling.benchmark import median_time
 
 
-def _model(name: str) -> models.ModelConfig:
+def model_config(name: str) -> models.ModelConfig:
   """A preset, or "tiny_world": the model group of configs/tiny_world.py (vocabulary 2048)."""
   if name != "tiny_world":
     return models.preset(name)
@@ -44,7 +44,7 @@ def forward_benchmark(argv: list[str]) -> list[dict]:
   ap.add_argument("--grad", action="store_true", help="time forward + backward")
   ap.add_argument("--repeats", type=int, default=5)
   args = ap.parse_args(argv)
-  config = _model(args.model)
+  config = model_config(args.model)
   params = models.init_params(config, jax.random.key(0))
   shape = (args.batch, args.length)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, shape), jnp.int32)

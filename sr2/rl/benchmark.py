@@ -1,5 +1,6 @@
-"""`experiments/benchmark.py refiner`: seconds per GRPO step with and without the Meta-Refiner.
+"""RL benchmarks: the Meta-Refiner's cost per GRPO step, and the GRPO update on its own.
 
+`experiments/benchmark.py refiner`: seconds per GRPO step with and without the Meta-Refiner.
 Both arms run the same training steps (same questions, same G, same seed) on the same
 starting params, alternating arm by arm, step by step, so machine noise hits both alike:
 the Search-R1 step (rollout, reward, update) against the Search-R2 step (rollout, one
@@ -7,23 +8,68 @@ batched judgement, cut-and-regenerate of the revised rows, process reward, the d
 in the update). Each arm's first steps compile and are not timed. The drivers' probes
 are off (they are measurement, not training). Prints one JSON line per arm and a summary.
 
+Programs first met after the warm-up steps (a new length bucket, a regeneration batch of
+a new size) still compile inside timed steps. JAX's monitoring events give those seconds
+(tracing, lowering, XLA compilation: `CompileClock`); each arm reports them, and the
+summary gives the overhead with and without them. Without them is the steady state a
+long run converges to; with them is what this many steps cost.
+
   python experiments/benchmark.py refiner --workdir DIR   # params of DIR's latest checkpoint
   python experiments/benchmark.py refiner --steps 10 --warmup 2
+
+`experiments/benchmark.py update`: one jitted GRPO update (loss, gradients, AdamW) of the
+tiny world's model and GRPO config on random rows of `--length` tokens, the whole batch in
+one forward/backward pass against micro-batches of each `--micro` rows (gradients summed,
+`update.loss_and_grads`). Prints seconds per update, its loss and gradient norm, and how
+far that norm is from the first setting's (the same update: float reassociation only).
+
+  python experiments/benchmark.py update --batch 40 --length 768 --micro 0,5,10,20
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from sr2 import checkpoint
-from sr2.configlib import load_config_file
-from sr2.rl import trainer
+from sr2 import checkpoint, models
+from sr2.configlib import from_config, load_config_file
+from sr2.models.benchmark import model_config
+from sr2.rl import grpo, trainer, update
+from sr2.rl.optim import OptConfig, make_optimizer
+from sr2.sampling.benchmark import median_time
+
+
+COMPILE_EVENTS = (
+  "/jax/core/compile/jaxpr_trace_duration",
+  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+  "/jax/core/compile/backend_compile_duration",
+)
+
+
+class CompileClock:
+  """Seconds JAX spends tracing, lowering and compiling while the context is open."""
+
+  def __init__(self):
+    self.seconds = 0.0
+
+  def __call__(self, event: str, duration: float, **_) -> None:
+    if event in COMPILE_EVENTS:
+      self.seconds += duration
+
+  def __enter__(self) -> CompileClock:
+    jax.monitoring.register_event_duration_secs_listener(self)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    jax.monitoring.unregister_event_duration_listener(self)
 
 
 def _config(arm: str, steps: int):
@@ -59,20 +105,23 @@ def refiner_benchmark(argv: list[str]) -> None:
       template["rng"],
     ]
   times = {name: [] for name in arms}
+  compiles = {name: [] for name in arms}
   rows = {name: [] for name in arms}
   for step in range(1, total + 1):
     for name, loop in loops.items():
       params, opt_state, ref, rng = state[name]
       start = time.perf_counter()
-      params, opt_state, rng, row = loop.step(params, opt_state, ref, step, rng)
-      jax.block_until_ready(params)
+      with CompileClock() as clock:
+        params, opt_state, rng, row = loop.step(params, opt_state, ref, step, rng)
+        jax.block_until_ready(params)
       if step > args.warmup:
         times[name].append(time.perf_counter() - start)
+        compiles[name].append(clock.seconds)
         rows[name].append(row)
       state[name] = [params, opt_state, ref, rng]
   out = {}
   for name in arms:
-    t = np.asarray(times[name])
+    t, c = np.asarray(times[name]), np.asarray(compiles[name])
     r = rows[name]
     out[name] = {
       "benchmark": "refiner",
@@ -80,6 +129,9 @@ def refiner_benchmark(argv: list[str]) -> None:
       "steps": len(t),
       "sec_per_step_mean": float(t.mean()),
       "sec_per_step_median": float(np.median(t)),
+      "compile_s": float(c.mean()),
+      "steps_compiling": int(np.sum(c > 0.05)),
+      "sec_per_step_mean_excl_compile": float((t - c).mean()),
       "rollout_s": float(np.mean([x["rollout_s"] for x in r])),
       "refine_s": float(np.mean([x.get("refine_s", 0.0) for x in r])),
       "judge_s": float(np.mean([x.get("judge_s", 0.0) for x in r])),
@@ -99,8 +151,69 @@ def refiner_benchmark(argv: list[str]) -> None:
         "overhead_median": out[args.arm]["sec_per_step_median"]
         / out["search_r1"]["sec_per_step_median"]
         - 1.0,
+        "overhead_mean_excl_compile": out[args.arm]["sec_per_step_mean_excl_compile"]
+        / out["search_r1"]["sec_per_step_mean_excl_compile"]
+        - 1.0,
         "workdir": args.workdir,
         "devices": str(jax.devices()),
       }
     )
   )
+
+
+def _random_rows(vocab: int, batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Rows shaped like a step's: a prompt (128 tokens at most), responses ending past half."""
+  rng = np.random.default_rng(seed)
+  prompt = min(128, length // 4)
+  tokens = rng.integers(0, vocab, (batch, length)).astype(np.int32)
+  mask = np.zeros((batch, length - 1), np.int32)
+  for i, end in enumerate(rng.integers(length // 2, length, batch)):
+    mask[i, prompt - 1 : end] = rng.random(end - prompt + 1) < 0.6  # the rest: retrieved
+  return {
+    "tokens": tokens,
+    "mask": mask,
+    "old_logp": (-rng.random((batch, length - 1)) * mask).astype(np.float32),
+    "adv": rng.standard_normal(batch).astype(np.float32),
+  }
+
+
+def update_benchmark(argv: list[str]) -> list[dict]:
+  ap = argparse.ArgumentParser(prog="benchmark.py update")
+  ap.add_argument("--batch", type=int, default=40, help="rows in the update")
+  ap.add_argument("--length", type=int, default=768, help="tokens per row")
+  ap.add_argument("--micro", default="0,5,10,20", help="micro-batch rows to time; 0 = one pass")
+  ap.add_argument("--repeats", type=int, default=3)
+  args = ap.parse_args(argv)
+  c = load_config_file(pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny_world.py")
+  model = model_config("tiny_world")
+  base = from_config(grpo.GRPOConfig, c.grpo, "config.grpo")
+  opt = make_optimizer(from_config(OptConfig, c.opt, "config.opt"))
+  params = models.init_params(model, jax.random.key(0))
+  batch = _random_rows(model.vocab_size, args.batch, args.length)
+  batch["ref_logp"] = np.asarray(
+    update.reference_logprobs(model, params, jnp.asarray(batch["tokens"]), base.logprob_chunk)
+  )
+  rows, first = [], None
+  for micro in (int(x) for x in args.micro.split(",")):
+    cfg = dataclasses.replace(base, micro_batch_rows=micro)
+    step = jax.jit(functools.partial(update.update_step, model, cfg, opt))
+    state = jax.tree.map(jnp.copy, (params, opt.init(params)))
+    _, _, m = jax.device_get(step(*state, batch))  # compiles
+    first = m if first is None else first
+    t, times = median_time(lambda step=step, state=state: step(*state, batch), args.repeats)
+    rows.append(
+      {
+        "benchmark": "update",
+        "batch": args.batch,
+        "length": args.length,
+        "micro_batch_rows": micro,
+        "seconds_median": t,
+        "seconds_min": min(times),
+        "loss": float(m["loss"]),
+        "grad_norm": float(m["grad_norm"]),
+        "grad_norm_rel_difference": abs(float(m["grad_norm"] / first["grad_norm"]) - 1.0),
+        "devices": str(jax.devices()),
+      }
+    )
+    print(json.dumps(rows[-1]))
+  return rows

@@ -130,10 +130,7 @@ def policy_loss(
   loss_BxT = -jnp.minimum(unclipped, clipped)
   loss = aggregate(loss_BxT, m, agg)
 
-  has_tokens_B = jnp.any(m, axis=-1)
   any_token = jnp.any(m)
-  adv_mean = masked_mean(adv_B, has_tokens_B)
-  adv_var = masked_mean(jnp.square(adv_B - adv_mean), has_tokens_B)
   metrics = {
     "pg_loss": loss,
     "clip_frac": masked_mean((clipped < unclipped).astype(jnp.float32), m),
@@ -141,10 +138,17 @@ def policy_loss(
     "ratio_mean": jnp.where(any_token, masked_mean(ratio, m), 1.0),
     "ratio_min": jnp.where(any_token, jnp.min(jnp.where(m, ratio, jnp.inf)), 1.0),
     "ratio_max": jnp.where(any_token, jnp.max(jnp.where(m, ratio, -jnp.inf)), 1.0),
-    "adv_mean": adv_mean,
-    "adv_std": jnp.sqrt(adv_var),
+    **advantage_stats(adv_B, m),
   }
   return loss, metrics
+
+
+def advantage_stats(adv_B: jax.Array, mask_BxT: jax.Array) -> Metrics:
+  """adv mean and std over the rows with at least one masked token."""
+  has_tokens_B = jnp.any(mask_BxT != 0, axis=-1)
+  adv_mean = masked_mean(adv_B, has_tokens_B)
+  adv_var = masked_mean(jnp.square(adv_B - adv_mean), has_tokens_B)
+  return {"adv_mean": adv_mean, "adv_std": jnp.sqrt(adv_var)}
 
 
 def kl_penalty(
@@ -201,6 +205,97 @@ def entropy_from_logits(logits_BxTxV: jax.Array, mask_BxT: jax.Array) -> jax.Arr
   return masked_mean(h_BxT, mask_BxT)
 
 
+# How each `grpo_loss` metric of K micro-batches combines into that of their union:
+# "w": weighted by the micro-batches' shares of the aggregation (`micro_weights`), "u": by
+# their shares of masked tokens, "min"/"max" over micro-batches that have masked tokens,
+# "adv": recomputed on the union (it does not depend on the params), "loss": the summed
+# objective. Exact up to float reassociation.
+MICRO_MERGE = {
+  "pg_loss": "w",
+  "kl_loss": "w",
+  "loss": "loss",
+  "clip_frac": "u",
+  "approx_kl": "u",
+  "ratio_mean": "u",
+  "entropy": "u",
+  "ratio_min": "min",
+  "ratio_max": "max",
+  "kl_max": "max",
+  "adv_mean": "adv",
+  "adv_std": "adv",
+}
+
+
+def micro_weights(mask_KxBxT: jax.Array, agg: str) -> tuple[jax.Array, jax.Array]:
+  """(w [K], u [K]): what each of K micro-batches weighs in the loss of their union.
+
+  The union's aggregate is Σ_k w_k · aggregate_k (the policy loss and the KL term), and
+  its masked token mean is Σ_k u_k · token_mean_k (the entropy): u_k is micro-batch k's
+  share of the masked tokens; w_k equals u_k under "token-mean", and under
+  "seq-mean-token-mean" is its share of the rows that have masked tokens.
+  """
+  m = mask_KxBxT != 0
+  tokens_K = jnp.sum(m, axis=(1, 2)).astype(jnp.float32)
+  u_K = tokens_K / jnp.maximum(tokens_K.sum(), 1.0)
+  if agg == "token-mean":
+    return u_K, u_K
+  if agg == "seq-mean-token-mean":
+    rows_K = jnp.sum(jnp.any(m, axis=-1), axis=-1).astype(jnp.float32)
+    return rows_K / jnp.maximum(rows_K.sum(), 1.0), u_K
+  raise ValueError(f"agg={agg!r}; expected one of {AGG_MODES}")
+
+
+def micro_objective(metrics: Metrics, w: jax.Array, u: jax.Array, config: GRPOConfig) -> jax.Array:
+  """Micro-batch k's term of the union's loss: w_k (L_clip + β KL) − c_ent u_k H.
+
+  Summed over the micro-batches (values and gradients), this is `grpo_loss` of the union.
+  """
+  out = w * metrics["pg_loss"]
+  if "kl_loss" in metrics:
+    out = out + w * config.kl_coef * metrics["kl_loss"]
+  if config.entropy_coef > 0:
+    out = out - config.entropy_coef * u * metrics["entropy"]
+  return out
+
+
+def merge_micro_metrics(
+  metrics_K: Metrics,
+  objective_K: jax.Array,
+  mask_KxBxT: jax.Array,
+  adv_B: jax.Array,
+  mask_BxT: jax.Array,
+  agg: str,
+) -> Metrics:
+  """The union's `grpo_loss` metrics from K micro-batches' (values stacked on axis 0).
+
+  `adv_B` and `mask_BxT` are the union's (for the advantage stats). A metric missing from
+  `MICRO_MERGE` raises: each one must say how it combines.
+  """
+  unknown = sorted(set(metrics_K) - set(MICRO_MERGE))
+  if unknown:
+    raise KeyError(f"grpo.MICRO_MERGE does not say how to merge the metrics {unknown}")
+  w_K, u_K = micro_weights(mask_KxBxT, agg)
+  has_K = jnp.any(mask_KxBxT != 0, axis=(1, 2))
+  any_token = jnp.any(has_K)
+  adv = advantage_stats(adv_B, mask_BxT)
+  out = {}
+  for name, v_K in metrics_K.items():
+    rule = MICRO_MERGE[name]
+    if rule == "w":
+      out[name] = jnp.sum(w_K * v_K)
+    elif rule == "u":  # with no masked token anywhere, every micro-batch holds the default
+      out[name] = jnp.where(any_token, jnp.sum(u_K * v_K), v_K[0])
+    elif rule == "min":
+      out[name] = jnp.where(any_token, jnp.min(jnp.where(has_K, v_K, jnp.inf)), v_K[0])
+    elif rule == "max":
+      out[name] = jnp.where(any_token, jnp.max(jnp.where(has_K, v_K, -jnp.inf)), v_K[0])
+    elif rule == "adv":
+      out[name] = adv[name]
+    else:
+      out[name] = jnp.sum(objective_K)
+  return out
+
+
 NONFINITE_POLICIES = ("skip", "stop")
 
 
@@ -221,6 +316,7 @@ class GRPOConfig:
   num_minibatches: int = 1  # optimizer updates per pass (paper, inferred: 1)
   nonfinite: str = "skip"  # a NaN/Inf loss or gradient: "skip" the update, or "stop"
   logprob_chunk: int = 0  # positions per chunk of the LM head in the loss; 0 = unchunked
+  micro_batch_rows: int = 0  # rows per forward/backward pass, gradients summed; 0 = all
 
   def __post_init__(self):
     g = self.group_size
@@ -244,6 +340,11 @@ class GRPOConfig:
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ConfigError(f"grpo.{name}={v!r}; expected an integer >= 1")
+    mb = self.micro_batch_rows
+    if not isinstance(mb, int) or isinstance(mb, bool) or mb < 0:
+      raise ConfigError(
+        f"grpo.micro_batch_rows={mb!r}; expected an integer >= 0 (0 = the whole mini-batch)"
+      )
     if self.logprob_chunk < 0:
       raise ConfigError(f"grpo.logprob_chunk={self.logprob_chunk}; expected >= 0 (0 = off)")
     if self.nonfinite not in NONFINITE_POLICIES:

@@ -115,6 +115,11 @@ def check_config(config) -> dict[str, Any]:
       f"the batch's {rows} rows do not split into grpo.num_minibatches="
       f"{typed['grpo'].num_minibatches} equal mini-batches"
     )
+  mini, micro = rows // typed["grpo"].num_minibatches, typed["grpo"].micro_batch_rows
+  if micro and mini % micro:
+    raise ConfigError(
+      f"mini-batches of {mini} rows do not split into grpo.micro_batch_rows={micro}"
+    )
   return typed
 
 

@@ -70,25 +70,65 @@ def reference_logprobs(
   return logprobs.token_logprobs(config, ref_params, tokens_BxT, chunk_size=chunk_size)
 
 
+def _loss(model, cfg, params, mb):
+  """`grpo.grpo_loss` of rows `mb` under `params`: (loss, metrics)."""
+  logp, entropy = logprobs.token_logprobs(
+    model,
+    params,
+    mb["tokens"],
+    chunk_size=cfg.logprob_chunk or None,
+    with_entropy=True,
+    entropy_mask_BxT=mb["mask"],
+  )
+  if not cfg.entropy_coef:
+    entropy = jax.lax.stop_gradient(entropy)  # logged only
+  ref = mb["ref_logp"] if cfg.kl_coef else None
+  return grpo.grpo_loss(logp, mb["old_logp"], ref, mb["adv"], mb["mask"], cfg, entropy=entropy)
+
+
+def loss_and_grads(model, cfg, params, mb):
+  """((loss, metrics), grads) of one mini-batch, `cfg.micro_batch_rows` rows per pass.
+
+  With micro-batches, rows k, k + K, k + 2K, ... form micro-batch k of K (so every
+  device's shard of rows feeds every micro-batch); each is one forward and backward pass
+  in a `lax.scan` and their gradients are summed, weighted so that loss, gradients and
+  metrics are those of the whole mini-batch (`grpo.micro_weights`, up to float
+  reassociation). Only the activations of one micro-batch are live at a time: on the
+  2-core CPU, 10-row passes over 40 rows of 768 tokens take 1.98 s against 3.07 s in one
+  pass (BENCHMARKS.md), and on accelerators this is what bounds activation memory.
+  """
+  rows = mb["tokens"].shape[0]
+  size = cfg.micro_batch_rows or rows
+  if rows % size:
+    raise ValueError(f"{rows} rows do not split into micro-batches of {size} rows")
+  k = rows // size
+  if k == 1:
+    return jax.value_and_grad(lambda p: _loss(model, cfg, p, mb), has_aux=True)(params)
+  micro = {name: v.reshape(size, k, *v.shape[1:]).swapaxes(0, 1) for name, v in mb.items()}
+  w_K, u_K = grpo.micro_weights(micro["mask"], cfg.loss_agg)
+
+  def one(grads, xs):
+    m, w, u = xs
+
+    def objective(p):
+      _, metrics = _loss(model, cfg, p, m)
+      return grpo.micro_objective(metrics, w, u, cfg), metrics
+
+    (obj, metrics), g = jax.value_and_grad(objective, has_aux=True)(params)
+    return jax.tree.map(jnp.add, grads, g), (obj, metrics)
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grads, (obj_K, metrics_K) = jax.lax.scan(one, zeros, (micro, w_K, u_K))
+  metrics = grpo.merge_micro_metrics(
+    metrics_K, obj_K, micro["mask"], mb["adv"], mb["mask"], cfg.loss_agg
+  )
+  return (metrics["loss"], metrics), grads
+
+
 def _minibatch_step(model, cfg, optimizer, carry, mb):
   """One optimizer update on a mini-batch; skipped (state kept) if loss or grads are not finite."""
   params, opt_state = carry
-
-  def loss_fn(p):
-    logp, entropy = logprobs.token_logprobs(
-      model,
-      p,
-      mb["tokens"],
-      chunk_size=cfg.logprob_chunk or None,
-      with_entropy=True,
-      entropy_mask_BxT=mb["mask"],
-    )
-    if not cfg.entropy_coef:
-      entropy = jax.lax.stop_gradient(entropy)  # logged only
-    ref = mb["ref_logp"] if cfg.kl_coef else None
-    return grpo.grpo_loss(logp, mb["old_logp"], ref, mb["adv"], mb["mask"], cfg, entropy=entropy)
-
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  (loss, metrics), grads = loss_and_grads(model, cfg, params, mb)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   # Non-finite gradients would poison the Adam moments even when the update is discarded.
@@ -117,12 +157,18 @@ def update_step(
   AdamW update; all of it is one `lax.scan`, so one compiled program. An update whose
   loss or gradient norm is NaN/Inf leaves params and optimizer state as they were and
   counts 1 in `nonfinite` (the caller skips or stops, `cfg.nonfinite`). Metrics are means
-  over the updates, `nonfinite` a count.
+  over the updates, `nonfinite` a count. Each update's gradient may be summed over
+  micro-batches (`cfg.micro_batch_rows`, `loss_and_grads`): the same update, less memory.
   """
   rows = batch["tokens"].shape[0]
   m, epochs = cfg.num_minibatches, cfg.ppo_epochs
   if rows % m:
     raise ValueError(f"{rows} rows do not split into grpo.num_minibatches={m} equal parts")
+  if cfg.micro_batch_rows and (rows // m) % cfg.micro_batch_rows:
+    raise ValueError(
+      f"mini-batches of {rows // m} rows do not split into grpo.micro_batch_rows="
+      f"{cfg.micro_batch_rows}"
+    )
   if key is None:
     orders = jnp.broadcast_to(jnp.arange(rows), (epochs, rows))
   else:
