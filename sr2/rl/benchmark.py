@@ -46,7 +46,6 @@ from sr2.rl import grpo, trainer, update
 from sr2.rl.optim import OptConfig, make_optimizer
 from sr2.sampling.benchmark import median_time
 
-
 COMPILE_EVENTS = (
   "/jax/core/compile/jaxpr_trace_duration",
   "/jax/core/compile/jaxpr_to_mlir_module_duration",
