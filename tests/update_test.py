@@ -261,3 +261,17 @@ def test_compile_clock_counts_compilation_not_cached_calls():
   assert first.seconds > 0 and again.seconds == 0
   jax.block_until_ready(fn(jnp.ones(9)))  # outside the context: not counted
   assert first.seconds > 0 and again.seconds == 0
+
+
+def test_micro_batch_gradients_of_bfloat16_params_are_summed_in_float32():
+  model, _, batch, cfg = _micro_case("seq-mean-token-mean")
+  model = dataclasses.replace(model, dtype="bfloat16")
+  params = models.init_params(model, jax.random.key(0))
+  (_, one), g_one = update.loss_and_grads(model, cfg, params, batch)
+  micro = dataclasses.replace(cfg, micro_batch_rows=2)
+  (_, m), g = update.loss_and_grads(model, micro, params, batch)
+  assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(g))
+  np.testing.assert_allclose(float(m["loss"]), float(one["loss"]), rtol=2e-2)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_one), strict=True):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert np.abs(a - b).max() <= 0.05 * np.abs(b).max() + 1e-6

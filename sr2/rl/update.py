@@ -93,9 +93,10 @@ def loss_and_grads(model, cfg, params, mb):
   device's shard of rows feeds every micro-batch); each is one forward and backward pass
   in a `lax.scan` and their gradients are summed, weighted so that loss, gradients and
   metrics are those of the whole mini-batch (`grpo.micro_weights`, up to float
-  reassociation). Only the activations of one micro-batch are live at a time: on the
-  2-core CPU, 10-row passes over 40 rows of 768 tokens take 1.98 s against 3.07 s in one
-  pass (BENCHMARKS.md), and on accelerators this is what bounds activation memory.
+  reassociation); the sum is kept in float32 and cast to the params' dtype at the end.
+  Only the activations of one micro-batch are live at a time: on the 2-core CPU an update
+  over 40 rows of 768 tokens takes 2.09 s in 10-row passes against 3.31 s in one
+  (BENCHMARKS.md, `benchmark.py update`); on accelerators this bounds activation memory.
   """
   rows = mb["tokens"].shape[0]
   size = cfg.micro_batch_rows or rows
@@ -115,10 +116,11 @@ def loss_and_grads(model, cfg, params, mb):
       return grpo.micro_objective(metrics, w, u, cfg), metrics
 
     (obj, metrics), g = jax.value_and_grad(objective, has_aux=True)(params)
-    return jax.tree.map(jnp.add, grads, g), (obj, metrics)
+    return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g), (obj, metrics)
 
-  zeros = jax.tree.map(jnp.zeros_like, params)
+  zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
   grads, (obj_K, metrics_K) = jax.lax.scan(one, zeros, (micro, w_K, u_K))
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
   metrics = grpo.merge_micro_metrics(
     metrics_K, obj_K, micro["mask"], mb["adv"], mb["mask"], cfg.loss_agg
   )
