@@ -122,6 +122,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       joint=True,  # decisions trained with the trajectory's advantage (if enabled)
       max_prompt_tokens=2048,  # longer refiner prompts are accepted unjudged
       decision_weight=1.0,  # joint: decision rows' advantage x this (beyond the paper)
+      judge_rows=8,  # prompts per judge pass, sorted by length; 0 = one pass
     )
   )
   c.reward = ml_collections.ConfigDict(

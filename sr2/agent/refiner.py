@@ -62,6 +62,9 @@ class RefinerConfig:
       which scales its policy-gradient term by the same factor (1.0: the paper as DESIGN.md
       infers it; the paper is silent). Under seq-mean-token-mean a one-token decision row
       weighs as much as a whole trajectory; < 1 lowers the decisions' share (README).
+    judge_rows: prompts per forward pass of the judgement. The prompts go through sorted
+      by length, each pass padded to its own length bucket, so short prompts are not
+      padded to the longest; 0 = all prompts in one pass. The same scores either way.
   """
 
   enabled: bool = False
@@ -71,6 +74,7 @@ class RefinerConfig:
   joint: bool = True
   max_prompt_tokens: int = 2048
   decision_weight: float = 1.0
+  judge_rows: int = 8
 
   def __post_init__(self):
     if isinstance(self.max_revisions, bool) or not (
@@ -87,6 +91,12 @@ class RefinerConfig:
       raise ValueError(
         f"refiner.decision_weight={self.decision_weight!r}; expected a number > 0 "
         "(refiner.joint=False leaves the decisions out)"
+      )
+    if isinstance(self.judge_rows, bool) or not (
+      isinstance(self.judge_rows, int) and self.judge_rows >= 0
+    ):
+      raise ValueError(
+        f"refiner.judge_rows={self.judge_rows!r}; expected an int >= 0 (0 = one pass)"
       )
 
 
@@ -170,30 +180,50 @@ def score_choices(
   choices: Sequence[Sequence[int]],
   pad_id: int = 0,
   buckets: Sequence[int] = LENGTH_BUCKETS,
+  rows_per_pass: int = 0,
 ) -> list[np.ndarray]:
-  """log p(c | prompt) for each prompt's candidate next tokens, in one batched pass.
+  """log p(c | prompt) for each prompt's candidate next tokens, in batched passes.
 
-  The batch is padded to the smallest bucket that holds the longest prompt, so a run
-  compiles one program per bucket it reaches.
+  With `rows_per_pass` 0 all prompts go in one pass, padded to the smallest bucket that
+  holds the longest. Otherwise the prompts are sorted by length and go `rows_per_pass` at
+  a time (the last pass filled with one-token dummy rows), each pass padded to its own
+  bucket: on the tiny world's 40 refiner prompts of 320-700 tokens that pads ~20% fewer
+  tokens than one pass does. A run compiles one program per (rows, bucket) it reaches.
+  Rows do not interact, so the scores are the same up to float rounding.
   """
   if len(prompts) != len(choices):
     raise ValueError(f"{len(prompts)} prompts for {len(choices)} lists of choices")
+  if rows_per_pass < 0:
+    raise ValueError(f"rows_per_pass={rows_per_pass}; expected >= 0 (0 = one pass)")
   if not prompts:
     return []
   empty = [i for i, p in enumerate(prompts) if not len(p)]
   if empty:
     raise ValueError(f"prompts {empty} are empty; each needs at least one token")
-  longest = max(len(p) for p in prompts)
-  length = next((b for b in buckets if b >= longest), longest)
+  n = len(prompts)
+  size = rows_per_pass or n
+  order = sorted(range(n), key=lambda i: len(prompts[i])) if rows_per_pass else list(range(n))
   width = max(len(c) for c in choices)
-  tokens = np.full((len(prompts), length), pad_id, np.int32)
-  cand = np.zeros((len(prompts), width), np.int32)
-  for i, (p, c) in enumerate(zip(prompts, choices, strict=True)):
-    tokens[i, : len(p)] = p
-    cand[i, : len(c)] = c
-  last = np.asarray([len(p) - 1 for p in prompts], np.int32)
-  out = np.asarray(_next_token_logprobs(model, params, tokens, last, cand))
-  return [out[i, : len(c)] for i, c in enumerate(choices)]
+  passes = []
+  for start in range(0, n, size):
+    rows = order[start : start + size]
+    longest = max(len(prompts[i]) for i in rows)
+    length = next((b for b in buckets if b >= longest), longest)
+    tokens = np.full((size, length), pad_id, np.int32)
+    cand = np.zeros((size, width), np.int32)
+    last = np.zeros((size,), np.int32)
+    for j, i in enumerate(rows):
+      tokens[j, : len(prompts[i])] = prompts[i]
+      cand[j, : len(choices[i])] = choices[i]
+      last[j] = len(prompts[i]) - 1
+    # Dispatched without waiting: the passes queue on the device.
+    passes.append((rows, _next_token_logprobs(model, params, tokens, last, cand)))
+  out: list[np.ndarray] = [np.empty(0)] * n
+  for rows, scores in passes:
+    scores = np.asarray(scores)
+    for j, i in enumerate(rows):
+      out[i] = scores[j, : len(choices[i])]
+  return out
 
 
 def decide(
@@ -219,7 +249,7 @@ def judge(
   config: RefinerConfig,
   rng: np.random.Generator | None = None,
 ) -> list[Decision | None]:
-  """Decisions for (question, steps) items in one forward pass; None where not judged.
+  """Decisions for (question, steps) items in batched forward passes; None where not judged.
 
   An item is not judged (None, i.e. accepted without a decision sample) when it has no
   steps, more than 9 steps, or a prompt longer than `config.max_prompt_tokens`.
@@ -235,7 +265,9 @@ def judge(
     choices.append(choice_ids(tokenizer, len(steps)))
     where.append(i)
   out: list[Decision | None] = [None] * len(items)
-  scores = score_choices(model, params, prompts, choices, tokenizer.pad_id or 0)
+  scores = score_choices(
+    model, params, prompts, choices, tokenizer.pad_id or 0, rows_per_pass=config.judge_rows
+  )
   for i, p, c, lp in zip(where, prompts, choices, scores, strict=True):
     revise, step = decide(lp, config, rng)
     out[i] = Decision(tuple(p), tuple(float(x) for x in lp), revise, step, c[step], float(lp[step]))
