@@ -187,8 +187,9 @@ def score_choices(
   With `rows_per_pass` 0 all prompts go in one pass, padded to the smallest bucket that
   holds the longest. Otherwise the prompts are sorted by length and go `rows_per_pass` at
   a time (the last pass filled with one-token dummy rows), each pass padded to its own
-  bucket: on the tiny world's 40 refiner prompts of 320-700 tokens that pads ~20% fewer
-  tokens than one pass does. A run compiles one program per (rows, bucket) it reaches.
+  bucket: on the tiny world's 40 refiner prompts a step (320-700 tokens) that is 22% fewer
+  tokens than one pass pads to, and in 8-row passes the judgement takes 0.39 s instead of
+  0.62 (BENCHMARKS.md). A run compiles one program per (rows, bucket) it reaches.
   Rows do not interact, so the scores are the same up to float rounding.
   """
   if len(prompts) != len(choices):
