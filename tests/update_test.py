@@ -13,7 +13,7 @@ import pytest
 
 from sr2 import models
 from sr2.parallel import MeshConfig, make_mesh
-from sr2.rl import grpo, update
+from sr2.rl import grpo, micro, update
 from sr2.rl.optim import OptConfig, make_optimizer
 
 
@@ -234,7 +234,7 @@ def test_micro_batch_rows_must_split_the_minibatch():
 def test_merge_names_a_metric_without_a_rule():
   m = {"pg_loss": jnp.zeros(2), "new_metric": jnp.zeros(2)}
   with pytest.raises(KeyError, match="new_metric"):
-    grpo.merge_micro_metrics(
+    micro.merge_metrics(
       m, jnp.zeros(2), jnp.ones((2, 1, 3)), jnp.zeros(2), jnp.ones((2, 3)), "token-mean"
     )
 

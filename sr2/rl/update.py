@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sr2.models import transformer
 from sr2.models.config import ModelConfig
 from sr2.parallel import AxisRules, tree_shardings
-from sr2.rl import grpo, logprobs
+from sr2.rl import grpo, logprobs, micro
 
 BATCH_KEYS = ("tokens", "mask", "old_logp", "ref_logp", "adv")
 
@@ -92,7 +92,7 @@ def loss_and_grads(model, cfg, params, mb):
   With micro-batches, rows k, k + K, k + 2K, ... form micro-batch k of K (so every
   device's shard of rows feeds every micro-batch); each is one forward and backward pass
   in a `lax.scan` and their gradients are summed, weighted so that loss, gradients and
-  metrics are those of the whole mini-batch (`grpo.micro_weights`, up to float
+  metrics are those of the whole mini-batch (`micro.weights`, up to float
   reassociation); the sum is kept in float32 and cast to the params' dtype at the end.
   Only the activations of one micro-batch are live at a time: on the 2-core CPU an update
   over 40 rows of 768 tokens takes 2.09 s in 10-row passes against 3.31 s in one
@@ -105,24 +105,24 @@ def loss_and_grads(model, cfg, params, mb):
   k = rows // size
   if k == 1:
     return jax.value_and_grad(lambda p: _loss(model, cfg, p, mb), has_aux=True)(params)
-  micro = {name: v.reshape(size, k, *v.shape[1:]).swapaxes(0, 1) for name, v in mb.items()}
-  w_K, u_K = grpo.micro_weights(micro["mask"], cfg.loss_agg)
+  slices = {name: v.reshape(size, k, *v.shape[1:]).swapaxes(0, 1) for name, v in mb.items()}
+  w_K, u_K = micro.weights(slices["mask"], cfg.loss_agg)
 
   def one(grads, xs):
     m, w, u = xs
 
     def objective(p):
       _, metrics = _loss(model, cfg, p, m)
-      return grpo.micro_objective(metrics, w, u, cfg), metrics
+      return micro.objective(metrics, w, u, cfg), metrics
 
     (obj, metrics), g = jax.value_and_grad(objective, has_aux=True)(params)
     return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g), (obj, metrics)
 
   zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
-  grads, (obj_K, metrics_K) = jax.lax.scan(one, zeros, (micro, w_K, u_K))
+  grads, (obj_K, metrics_K) = jax.lax.scan(one, zeros, (slices, w_K, u_K))
   grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-  metrics = grpo.merge_micro_metrics(
-    metrics_K, obj_K, micro["mask"], mb["adv"], mb["mask"], cfg.loss_agg
+  metrics = micro.merge_metrics(
+    metrics_K, obj_K, slices["mask"], mb["adv"], mb["mask"], cfg.loss_agg
   )
   return (metrics["loss"], metrics), grads
 

@@ -1,0 +1,89 @@
+"""Batched scoring of candidate next tokens: log p(c | prompt) for each prompt's choices.
+
+The Meta-Refiner's judgement (agent/refiner.py) is this over the refiner prompts and the
+digit tokens "0".."n". One forward pass per prompt; the LM head runs only on the position
+read. Prompts go in padded passes (`score_choices`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sr2.models import transformer
+from sr2.models.config import ModelConfig
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _next_token_logprobs(config: ModelConfig, params, tokens_BxT, last_B, choices_BxC):
+  """log softmax of the logits after position last[b], at the token ids choices[b].
+
+  The LM head runs on the one position read, not on all T (the judge needs one row of
+  logits per prompt, not [B, T, V]).
+  """
+  hidden_BxTxD = transformer.forward_hidden(config, params, tokens_BxT)
+  last_Bx1xD = jnp.take_along_axis(hidden_BxTxD, last_B[:, None, None], axis=1)
+  logits_BxV = transformer.logits_from_hidden(config, params, last_Bx1xD)[:, 0]
+  logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+  return jnp.take_along_axis(logp_BxV, choices_BxC, axis=-1)
+
+
+LENGTH_BUCKETS = (128, 256, 384, 512, 640, 768, 1024, 1280, 1536, 2048)
+
+
+def score_choices(
+  model: ModelConfig,
+  params,
+  prompts: Sequence[Sequence[int]],
+  choices: Sequence[Sequence[int]],
+  pad_id: int = 0,
+  buckets: Sequence[int] = LENGTH_BUCKETS,
+  rows_per_pass: int = 0,
+) -> list[np.ndarray]:
+  """log p(c | prompt) for each prompt's candidate next tokens, in batched passes.
+
+  With `rows_per_pass` 0 all prompts go in one pass, padded to the smallest bucket that
+  holds the longest. Otherwise the prompts are sorted by length and go `rows_per_pass` at
+  a time (the last pass filled with one-token dummy rows), each pass padded to its own
+  bucket: on the tiny world's 40 refiner prompts a step (320-700 tokens) that is 22% fewer
+  tokens than one pass pads to, and in 8-row passes the judgement takes 0.39 s instead of
+  0.62 (BENCHMARKS.md). A run compiles one program per (rows, bucket) it reaches.
+  Rows do not interact, so the scores are the same up to float rounding.
+  """
+  if len(prompts) != len(choices):
+    raise ValueError(f"{len(prompts)} prompts for {len(choices)} lists of choices")
+  if rows_per_pass < 0:
+    raise ValueError(f"rows_per_pass={rows_per_pass}; expected >= 0 (0 = one pass)")
+  if not prompts:
+    return []
+  empty = [i for i, p in enumerate(prompts) if not len(p)]
+  if empty:
+    raise ValueError(f"prompts {empty} are empty; each needs at least one token")
+  n = len(prompts)
+  size = rows_per_pass or n
+  order = sorted(range(n), key=lambda i: len(prompts[i])) if rows_per_pass else list(range(n))
+  width = max(len(c) for c in choices)
+  passes = []
+  for start in range(0, n, size):
+    rows = order[start : start + size]
+    longest = max(len(prompts[i]) for i in rows)
+    length = next((b for b in buckets if b >= longest), longest)
+    tokens = np.full((size, length), pad_id, np.int32)
+    cand = np.zeros((size, width), np.int32)
+    last = np.zeros((size,), np.int32)
+    for j, i in enumerate(rows):
+      tokens[j, : len(prompts[i])] = prompts[i]
+      cand[j, : len(choices[i])] = choices[i]
+      last[j] = len(prompts[i]) - 1
+    # Dispatched without waiting: the passes queue on the device.
+    passes.append((rows, _next_token_logprobs(model, params, tokens, last, cand)))
+  out: list[np.ndarray] = [np.empty(0)] * n
+  for rows, scores in passes:
+    scores = np.asarray(scores)
+    for j, i in enumerate(rows):
+      out[i] = scores[j, : len(choices[i])]
+  return out
