@@ -92,7 +92,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       nonfinite="skip",  # NaN/Inf update: skip (and count) | stop
       logprob_chunk=0 if smoke else 128,  # LM-head positions per chunk in the loss; 0 = off
       micro_batch_rows=4 if smoke else 10,  # rows per forward/backward, gradients summed;
-      # the same update, less memory (and 1.5x faster here: BENCHMARKS.md); 0 = all rows
+      # the same update, less memory (and 1.6x faster here: BENCHMARKS.md); 0 = all rows
     )
   )
   c.opt = ml_collections.ConfigDict(
