@@ -26,6 +26,10 @@ Arms (one switch each, so rows differ only in what they name):
   search_r1_g10  Appendix G: Search-R1 with doubled rollouts (G = 10)
   search_r2_dw   beyond the paper: search_r2 with the decision rows' advantage x 0.02
                  (refiner.decision_weight; README, "Ablation" says why)
+  mr_cont, search_r2_cont
+                 beyond the paper: mr and search_r2 with the refiner's question put after
+                 the Actor's own trajectory (refiner.prompt="continuation"), which reads
+                 the rollout's KV cache instead of encoding a Table-12 prompt
 """
 
 import importlib.util
@@ -35,7 +39,8 @@ import ml_collections
 
 BACKBONES = ("tiny_world", "smollm2", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct")
 ARMS = ("search_r1", "mr", "mr_pr", "search_r2", "nmax1", "nmax2", "nmax3", "nmax4")
-ARMS += ("search_r1_g10", "search_r2_dw")
+ARMS += ("search_r1_g10", "search_r2_dw", "mr_cont", "search_r2_cont")
+_PROCESS_ARMS = ("mr_pr", "search_r2", "search_r2_dw", "search_r2_cont")  # lexical judge
 DECISION_WEIGHT_DW = 0.02  # ~ the Actor's / the decisions' gradient norm, seed-0 search_r2
 _PAPER_SOURCES = {
   "qwen2.5-7b": "/path/to/Qwen2.5-7B",  # base model (PAPER.md §2.1)
@@ -111,10 +116,11 @@ def get_config(arg: str = "tiny_world,search_r2") -> ml_collections.ConfigDict:
   c = _tiny_world(variant or "default") if backbone == "tiny_world" else _qa(backbone)
   r, w = c.refiner, c.reward
   r.enabled = arm not in ("search_r1", "search_r1_g10")
-  r.joint = arm in ("search_r2", "search_r2_dw")
+  r.joint = arm in ("search_r2", "search_r2_dw", "search_r2_cont")
+  r.prompt = "continuation" if arm.endswith("_cont") else "table12"
   r.decision_weight = DECISION_WEIGHT_DW if arm == "search_r2_dw" else 1.0
   r.max_revisions = int(arm[4:]) if arm.startswith("nmax") else 1
-  w.process = "lexical" if arm in ("mr_pr", "search_r2", "search_r2_dw") else "none"
+  w.process = "lexical" if arm in _PROCESS_ARMS else "none"
   if arm == "search_r1_g10":
     c.grpo.group_size = 10
   if r.enabled and backbone == "tiny_world":

@@ -123,6 +123,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       max_prompt_tokens=2048,  # longer refiner prompts are accepted unjudged
       decision_weight=1.0,  # joint: decision rows' advantage x this (beyond the paper)
       judge_rows=8,  # prompts per judge pass, sorted by length; 0 = one pass
+      prompt="table12",  # the paper's prompt | continuation (reads the rollout's KV cache)
     )
   )
   c.reward = ml_collections.ConfigDict(

@@ -90,6 +90,15 @@ def test_refiner_prompt_rejects_bad_input(kwargs, message):
     prompts.refiner_prompt("Q?", **kwargs)
 
 
+def test_refiner_followup_asks_for_an_index_after_the_trajectory():
+  text = prompts.refiner_followup(3)
+  assert text.startswith("\n\n") and text.endswith("\n" + prompts.REFINER_QUESTION)
+  assert "from 1 to 3" in text
+  for bad in (0, True, 2.0):
+    with pytest.raises(ValueError, match="max_steps"):
+      prompts.refiner_followup(bad)
+
+
 def test_judge_prompt_layout():
   text = prompts.judge_prompt(
     "Where was Vorla born?",

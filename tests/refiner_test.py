@@ -15,6 +15,7 @@ from sr2.agent.rollout import (
   rewind,
   start_rollout,
 )
+from sr2.data.prompts import actor_prompt, wrap_information
 from sr2.retrieval import BM25Index
 from sr2.sampling import Sampler, SamplingConfig, Temperature
 from sr2.testing import ListRetriever, ScriptedSampler, tiny_byte_tokenizer
@@ -236,6 +237,93 @@ def test_judge_scores_equal_a_forward_pass_and_batch():
   ]
 
 
+def _continuation_batch():
+  """A greedy 3-turn rollout of the tiny random model, with room for the refiner question."""
+  tok = tiny_byte_tokenizer()  # bytes: text and tokens map one to one
+  config = models.preset("tiny", vocab_size=len(tok), n_layers=2)
+  params = models.init_params(config, jax.random.key(0), std=0.3)
+  sampler = Sampler(config, tok, SamplingConfig(max_len=2048))
+  index = BM25Index.build(PASSAGES)
+  cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
+  questions = ["Where was Vorla born?", "Where is Kelt?", "What is Mirod?"]
+  prompts = [tok.encode(actor_prompt(q)) for q in questions]
+  state, records = start_rollout(sampler, params, prompts, None)
+  state = continue_rollout(sampler, params, state, records, index, cfg)
+  return tok, sampler, params, index, cfg, state, records, questions
+
+
+def test_continuation_judge_reads_the_cache_and_equals_a_forward_pass():
+  tok, sampler, params, _, _, state, records, _ = _continuation_batch()
+  draft = finish_rollout(state, records, tok)
+  config = RefinerConfig(prompt="continuation")
+  kept = jax.device_get((state.tokens, state.logprobs, state.lengths, state.done, state.finish))
+  state, ds = refiner.judge_in_cache(sampler, params, state, [0, 1, 2], draft, config, None)
+  # Only cache slots past the rows' ends changed: the rows are as they were.
+  again = jax.device_get((state.tokens, state.logprobs, state.lengths, state.done, state.finish))
+  for a, b in zip(kept, again, strict=True):
+    np.testing.assert_array_equal(a, b)
+  for t, d in zip(draft, ds, strict=True):
+    n = len(t.steps)
+    ids = t.prompt_ids + t.response_ids + refiner.followup_ids(tok, n)
+    assert d.prompt_ids == tuple(ids)
+    logits = models.forward(sampler.model, params, np.asarray([ids], np.int32))[0, -1]
+    want = jax.nn.log_softmax(logits)[np.asarray(refiner.choice_ids(tok, n))]
+    np.testing.assert_allclose(d.choice_logprobs, want, atol=1e-4)
+    assert d.token == refiner.choice_ids(tok, n)[d.step]
+  # Rows whose tokens and question exceed max_prompt_tokens are not judged.
+  short = RefinerConfig(prompt="continuation", max_prompt_tokens=len(draft[0].prompt_ids) + 1)
+  assert refiner.judge_in_cache(sampler, params, state, [0, 2], draft, short)[1] == [None, None]
+
+
+def test_continuation_text_form_scores_as_the_cache_does():
+  """`judge` on (question, steps) text encodes what a rollout holds, and scores the same."""
+  tok = tiny_byte_tokenizer()
+  config = models.preset("tiny", vocab_size=len(tok), n_layers=2)
+  params = models.init_params(config, jax.random.key(0), std=0.3)
+  info = wrap_information("Doc 1(Title: Vorla) Vorla was born in Brezum.")
+  q, steps = "Where was Vorla born?", [(T1, info), (T3_BAD, None)]
+  body = tok.encode(actor_prompt(q)) + tok.encode(T1) + tok.encode(info) + tok.encode(T3_BAD)
+  followup = refiner.followup_ids(tok, 2)
+  assert refiner.prompt_ids(tok, q, steps, "continuation") == body + followup
+  (d,) = refiner.judge(config, params, tok, [(q, steps)], RefinerConfig(prompt="continuation"))
+  sampler = Sampler(config, tok, SamplingConfig(max_len=2048))
+  state = sampler.prefill(params, [body, tok.encode("Kelt")])
+  _, (lp,) = sampler.score_after(params, state, [0], [followup], [refiner.choice_ids(tok, 2)])
+  np.testing.assert_allclose(d.choice_logprobs, lp, atol=1e-4)
+
+
+def test_continuation_judge_leaves_the_cache_intact_for_the_cut():
+  """Judged in the cache, every row cut at step 1 and regenerated greedily: the same again.
+
+  Greedy decoding from an intact prefix and cache writes the same suffix bit for bit; the
+  question's scratch keys/values past each row's end do not leak into it.
+  """
+  tok, sampler, params, index, cfg, state, records, _ = _continuation_batch()
+  draft = finish_rollout(state, records, tok)
+  config = RefinerConfig(prompt="continuation")
+  state, ds = refiner.judge_in_cache(sampler, params, state, [0, 1, 2], draft, config)
+  assert all(d is not None for d in ds)
+  state = rewind(sampler, state, records, [0, 1, 2], [1, 1, 1])
+  state = continue_rollout(sampler, params, state, records, index, cfg)
+  assert finish_rollout(state, records, tok) == draft
+
+
+def test_continuation_refine_judges_in_the_cache_and_regenerates():
+  tok, sampler, params, index, cfg, state, records, questions = _continuation_batch()
+  draft = finish_rollout(state, records, tok)
+  config = RefinerConfig(prompt="continuation", margin=-1e9)  # always revise
+  out = refiner.refine(sampler, params, state, records, questions, index, cfg, config)
+  for t, ds, new in zip(draft, out.decisions, out.trajectories, strict=True):
+    assert len(ds) == 1 and ds[0].revise and 1 <= ds[0].step <= len(t.steps)
+    assert ds[0].prompt_ids[-len(refiner.followup_ids(tok, len(t.steps))) :] == tuple(
+      refiner.followup_ids(tok, len(t.steps))
+    )
+    # Greedy from the cut writes the same tokens; rows cut at other steps share decode
+    # calls of another attention span, so the log-probs agree up to float reassociation.
+    assert new.response_ids == t.response_ids
+    np.testing.assert_allclose(new.logprobs, t.logprobs, atol=1e-5)
+
+
 def test_real_sampler_cut_keeps_cache_and_greedy_regenerates_the_same():
   tok, sampler, params, index, cfg, state, records = _greedy_batch(
     ["<search> Vorla </search>", "Kelt? <search>"]
@@ -308,3 +396,7 @@ def test_config_validation():
     RefinerConfig(max_revisions=0)
   with pytest.raises(ValueError, match="aggregate"):
     RefinerConfig(aggregate="mean")
+  with pytest.raises(ValueError, match="refiner.prompt"):
+    RefinerConfig(prompt="suffix")
+  with pytest.raises(ValueError, match="prompt form"):
+    refiner.prompt_ids(TOK, "q", [(T1, None)], "suffix")

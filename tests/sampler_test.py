@@ -224,6 +224,45 @@ def test_context_full_and_bad_input(llama):
     s.append(m.params, st, [0], [[]])
 
 
+def test_score_after_reads_past_the_row_and_keeps_it(llama):
+  """log p(c | row + chunk) equals a forward pass over both; the row is left as it was."""
+  _, m = llama
+  s = Sampler(m.config, None, SamplingConfig(max_len=64, **NO_STOP))
+  rows = [[5, 6, 7, 8, 9], [11, 12, 13], [3, 4]]
+  chunks = [[21, 22, 23], [24], [25, 26]]
+  choices = [[1, 2, 3], [4, 5], [6]]
+  st = s.prefill(m.params, rows)
+  kept = jax.device_get((st.tokens, st.logprobs, st.lengths, st.done))
+  st, scores = s.score_after(m.params, st, [2, 0], [chunks[2], chunks[0]], [choices[2], choices[0]])
+  for r, got in zip([2, 0], scores, strict=True):
+    logits = models.forward(m.config, m.params, jnp.asarray([rows[r] + chunks[r]]))[0, -1]
+    np.testing.assert_allclose(got, jax.nn.log_softmax(logits)[jnp.asarray(choices[r])], atol=1e-5)
+  for a, b in zip(kept, jax.device_get((st.tokens, st.logprobs, st.lengths, st.done)), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # Decoding goes on as if nothing had been read.
+  fresh = s.decode(m.params, s.prefill(m.params, rows), 6)
+  after = s.decode(m.params, st, 6)
+  np.testing.assert_array_equal(np.asarray(after.tokens), np.asarray(fresh.tokens))
+  np.testing.assert_allclose(np.asarray(after.logprobs), np.asarray(fresh.logprobs), atol=1e-5)
+  assert s.score_after(m.params, after, [], [], []) == (after, [])
+
+
+def test_score_after_rejects_bad_input(llama):
+  _, m = llama
+  s = Sampler(m.config, None, SamplingConfig(max_len=16, **NO_STOP))
+  st = s.prefill(m.params, [[1] * 10], batch=2)
+  with pytest.raises(ValueError, match="1 rows, 2 chunks and 1 choice lists"):
+    s.score_after(m.params, st, [0], [[2], [3]], [[1]])
+  with pytest.raises(ValueError, match="row 1 is empty"):
+    s.score_after(m.params, st, [1], [[2]], [[1]])
+  with pytest.raises(ValueError, match="row 0: empty chunk or no choices"):
+    s.score_after(m.params, st, [0], [[2]], [[]])
+  with pytest.raises(ValueError, match="exceed the row capacity 16"):
+    s.score_after(m.params, st, [0], [[2] * 7], [[1]])
+  with pytest.raises(ValueError, match="repeat a row"):
+    s.score_after(m.params, st, [0, 0], [[2], [2]], [[1], [1]])
+
+
 def test_compile_budget_over_a_multi_turn_rollout(llama):
   _, m = llama
   s = Sampler(m.config, None, SamplingConfig(max_len=256, buckets=(16, 64, 256), **NO_STOP))

@@ -199,6 +199,12 @@ def test_arms_differ_in_their_switches():
   dw = _search_r2_config("search_r2_dw")
   assert r2.refiner.decision_weight == 1.0 and dw.refiner.decision_weight == 0.02
   assert dw.refiner.joint and dw.reward.process == "lexical"
+  # The continuation arms differ from theirs only in the refiner's prompt.
+  for base, cont in ((mr, "mr_cont"), (r2, "search_r2_cont")):
+    c = _search_r2_config(cont)
+    assert base.refiner.prompt == "table12" and c.refiner.prompt == "continuation"
+    c.refiner.prompt = "table12"
+    assert c.to_dict() == base.to_dict()
 
 
 @pytest.mark.parametrize("backbone", ["smollm2", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct"])

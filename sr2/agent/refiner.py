@@ -6,6 +6,9 @@ PAPER.md §2.2 (Algorithm 1) with the decisions of DESIGN.md:
   - One forward pass per trajectory scores the single-token choices "0".."n" right after
     the prompt (n = the trajectory's steps): lp_j = log p(str(j) | prompt), full softmax
     (`scoring.score_choices`, batched `judge_rows` prompts a pass).
+  - Beyond the paper, `prompt="continuation"` asks the same question after the Actor's
+    own trajectory instead (`refiner_followup`): the judgement then reads the rollout's
+    KV cache (`Sampler.score_after`) and encodes only the question's tokens.
   - Revise iff  log p(revise) − lp_0 ≥ margin, with log p(revise) = logsumexp_{j≥1} lp_j
     (`aggregate="logsumexp"`, the summed mass; equivalent to τ = 0.5 on p("0") at margin 0)
     or max_{j≥1} lp_j (`aggregate="max"`).
@@ -24,6 +27,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 
 from sr2.agent import scoring
@@ -36,11 +40,12 @@ from sr2.agent.rollout import (
   finish_rollout,
   rewind,
 )
-from sr2.data.prompts import refiner_prompt
+from sr2.data.prompts import actor_prompt, refiner_followup, refiner_prompt
 from sr2.models.config import ModelConfig
 from sr2.sampling import Sampler, SamplingState
 
 AGGREGATES = ("logsumexp", "max")
+PROMPTS = ("table12", "continuation")
 MAX_CHOICES = 10  # "0".."9": one token each in every tokenizer sr2 uses
 
 
@@ -63,6 +68,11 @@ class RefinerConfig:
     judge_rows: prompts per forward pass of the judgement. The prompts go through sorted
       by length, each pass padded to its own length bucket, so short prompts are not
       padded to the longest; 0 = all prompts in one pass. The same scores either way.
+    prompt: "table12", the paper's prompt (Appendix L, Table 12): the instruction, the
+      question and the numbered steps with their TOOL outputs, encoded afresh per
+      trajectory. "continuation" (beyond the paper): the Actor's prompt and trajectory as
+      the rollout wrote them, then the question (`refiner_followup`); online it reads the
+      rollout's KV cache, so a judgement costs ~70 tokens instead of the whole trajectory.
   """
 
   enabled: bool = False
@@ -73,12 +83,15 @@ class RefinerConfig:
   max_prompt_tokens: int = 2048
   decision_weight: float = 1.0
   judge_rows: int = 8
+  prompt: str = "table12"
 
   def __post_init__(self):
     if isinstance(self.max_revisions, bool) or not (
       isinstance(self.max_revisions, int) and self.max_revisions >= 1
     ):
       raise ValueError(f"refiner.max_revisions={self.max_revisions!r}; expected an int >= 1")
+    if self.prompt not in PROMPTS:
+      raise ValueError(f"refiner.prompt={self.prompt!r}; expected one of {PROMPTS}")
     if self.aggregate not in AGGREGATES:
       raise ValueError(f"refiner.aggregate={self.aggregate!r}; expected one of {AGGREGATES}")
     if self.max_prompt_tokens < 2:
@@ -148,8 +161,27 @@ def trajectory_steps(trajectory: Trajectory, tokenizer) -> list[tuple[str, str |
   return out
 
 
-def prompt_ids(tokenizer, question: str, steps: Sequence[tuple[str, str | None]]) -> list[int]:
-  """The refiner prompt for `question` and the steps; the choice token follows directly."""
+def followup_ids(tokenizer, n: int) -> list[int]:
+  """The continuation form's question for a trajectory of `n` steps, tokenised."""
+  return tokenizer.encode(refiner_followup(n))
+
+
+def prompt_ids(
+  tokenizer, question: str, steps: Sequence[tuple[str, str | None]], form: str = "table12"
+) -> list[int]:
+  """The refiner prompt for `question` and the steps; the choice token follows directly.
+
+  "table12": `refiner_prompt` over the steps. "continuation": the Actor's prompt, each
+  step's text and its tool text (as the rollout appended it) encoded in turn as the
+  rollout and SFT encode them, then `followup_ids`.
+  """
+  if form not in PROMPTS:
+    raise ValueError(f"prompt form {form!r}; expected one of {PROMPTS}")
+  if form == "continuation":
+    ids = tokenizer.encode(actor_prompt(question))
+    for assistant, tool in steps:
+      ids += tokenizer.encode(assistant) + (tokenizer.encode(tool) if tool else [])
+    return ids + followup_ids(tokenizer, len(steps))
   steps = [(a if a.strip() else "(empty)", t) for a, t in steps]
   return tokenizer.encode(refiner_prompt(question, steps))
 
@@ -186,7 +218,7 @@ def judge(
   for i, (question, steps) in enumerate(items):
     if not 1 <= len(steps) < MAX_CHOICES:
       continue
-    ids = prompt_ids(tokenizer, question, steps)
+    ids = prompt_ids(tokenizer, question, steps, config.prompt)
     if len(ids) > config.max_prompt_tokens:
       continue
     prompts.append(ids)
@@ -200,6 +232,46 @@ def judge(
     revise, step = decide(lp, config, rng)
     out[i] = Decision(tuple(p), tuple(float(x) for x in lp), revise, step, c[step], float(lp[step]))
   return out
+
+
+def judge_in_cache(
+  sampler: Sampler,
+  params,
+  state: SamplingState,
+  rows: Sequence[int],
+  trajectories: Sequence[Trajectory],
+  config: RefinerConfig,
+  rng: np.random.Generator | None = None,
+) -> tuple[SamplingState, list[Decision | None]]:
+  """`judge` in the continuation form for rollout `rows`, on the sampler's own KV cache.
+
+  Each row's question (`followup_ids`) is scored after the row's tokens with
+  `Sampler.score_after`: the trajectory is not encoded again. The returned state replaces
+  `state` (only cache slots past the rows' ends changed). A row is not judged (None) when
+  it has no steps or more than 9, or when its tokens and the question would exceed
+  `config.max_prompt_tokens` or the row's capacity.
+  """
+  tok = sampler.tokenizer
+  lengths = np.asarray(jax.device_get(state.lengths))
+  chosen, chunks, choices = [], [], []
+  for r in rows:
+    n = len(trajectories[r].steps)
+    if not 1 <= n < MAX_CHOICES:
+      continue
+    chunk = followup_ids(tok, n)
+    if lengths[r] + len(chunk) > min(config.max_prompt_tokens, state.max_len):
+      continue
+    chosen.append(r)
+    chunks.append(chunk)
+    choices.append(choice_ids(tok, n))
+  state, scores = sampler.score_after(params, state, chosen, chunks, choices)
+  out: dict[int, Decision] = {}
+  for r, chunk, c, lp in zip(chosen, chunks, choices, scores, strict=True):
+    t = trajectories[r]
+    revise, step = decide(lp, config, rng)
+    ids = tuple(t.prompt_ids) + tuple(t.response_ids) + tuple(chunk)
+    out[r] = Decision(ids, tuple(float(x) for x in lp), revise, step, c[step], float(lp[step]))
+  return state, [out.get(r) for r in rows]
 
 
 @dataclasses.dataclass
@@ -258,11 +330,14 @@ def refine(
   judge_s = regenerate_s = 0.0
   for _ in range(config.max_revisions):
     start = time.perf_counter()
-    items = [(questions[i], trajectory_steps(trajs[i], tok)) for i in pending]
-    if judge_fn is None:
-      verdicts = judge(sampler.model, params, tok, items, config, rng)
+    if judge_fn is None and config.prompt == "continuation":
+      state, verdicts = judge_in_cache(sampler, params, state, pending, trajs, config, rng)
     else:
-      verdicts = judge_fn(items, rng)
+      items = [(questions[i], trajectory_steps(trajs[i], tok)) for i in pending]
+      if judge_fn is None:
+        verdicts = judge(sampler.model, params, tok, items, config, rng)
+      else:
+        verdicts = judge_fn(items, rng)
     judge_s += time.perf_counter() - start
     revised = []
     for i, d in zip(pending, verdicts, strict=True):

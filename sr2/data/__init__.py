@@ -19,6 +19,7 @@ from sr2.data.prompts import (
   judge_prompt,
   parse_judge_count,
   rag_prompt,
+  refiner_followup,
   refiner_prompt,
   wrap_information,
 )
@@ -83,6 +84,7 @@ __all__ = [
   "parse_judge_count",
   "prepare",
   "read_qa_jsonl",
+  "refiner_followup",
   "refiner_prompt",
   "render_steps",
   "render_trajectory",

@@ -52,6 +52,12 @@ REFINER_USER_LABEL = "USER"
 REFINER_STEP_LABEL = "ASSISTANT_STEP_{i}"
 REFINER_TOOL_LABEL = "TOOL"
 REFINER_QUESTION = "Problematic step index (0 = no issue):"
+# Beyond the paper (refiner.prompt="continuation"): the question put after the Actor's own
+# trajectory, so the refiner reads the rollout's KV cache instead of a re-written copy of
+# the trajectory. Short, because every token of it is encoded for every trajectory.
+REFINER_FOLLOWUP = (
+  "Review the turns above, numbered from 1 to {max_steps}, and find the earliest flawed one."
+)
 
 JUDGE_INSTRUCTION = (
   "You grade numbered collections of retrieved documents; collection i is wrapped in "
@@ -153,6 +159,17 @@ def refiner_prompt(
     ],
     tokenizer,
   )
+
+
+def refiner_followup(max_steps: int) -> str:
+  """The Meta-Refiner's question in the continuation form, put right after the trajectory.
+
+  Plain text: a blank line, `REFINER_FOLLOWUP` and `REFINER_QUESTION`; the reply (one
+  integer in 0..max_steps) is expected right after it, as with `refiner_prompt`.
+  """
+  if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+    raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
+  return f"\n\n{REFINER_FOLLOWUP.format(max_steps=max_steps)}\n{REFINER_QUESTION}"
 
 
 def _collection_text(c: str | Sequence[str], where: str) -> str:

@@ -293,6 +293,26 @@ def forward_with_cache(
 ) -> tuple[jax.Array, Cache]:
   """Runs new tokens against a KV cache, writing their keys/values at their positions.
 
+  `forward_with_cache_hidden` followed by the LM head on every position: (float32 logits
+  [B, T, V], updated cache). The arguments are the same.
+  """
+  x, new_cache = forward_with_cache_hidden(
+    config, params, tokens_BxT, positions_BxT, cache, write_mask_BxT, attend_len
+  )
+  return logits_from_hidden(config, params, x), new_cache
+
+
+def forward_with_cache_hidden(
+  config: ModelConfig,
+  params: Params,
+  tokens_BxT: jax.Array,
+  positions_BxT: jax.Array,
+  cache: Cache,
+  write_mask_BxT: jax.Array | None = None,
+  attend_len: int | None = None,
+) -> tuple[jax.Array, Cache]:
+  """Runs new tokens against a KV cache, writing their keys/values at their positions.
+
   Prefill, incremental decoding and appending observations are all this call: each row's
   new tokens sit at that row's own positions, so ragged batches need no re-encoding.
 
@@ -308,7 +328,8 @@ def forward_with_cache(
       reads `attend_len` slots per step instead of the whole cache.
 
   Returns:
-    (float32 logits [B, T, V], updated cache).
+    (the last block's output [B, T, D], before the final norm, and the updated cache);
+    `logits_from_hidden` turns the positions you need into logits.
   """
   _check_tokens(tokens_BxT)
   b, _ = tokens_BxT.shape
@@ -330,4 +351,4 @@ def forward_with_cache(
     attn = _attention(config, q, ck[:, :span], cv[:, :span], mask_BxTxS)
     x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
     x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
-  return logits_from_hidden(config, params, x), new_cache
+  return x, new_cache

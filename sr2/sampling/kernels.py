@@ -1,5 +1,6 @@
-"""The sampler's jitted kernels: extend (prefill/append), truncate, the decode loop, and
-taking rows out of a state into a smaller one and putting them back.
+"""The sampler's jitted kernels: extend (prefill/append), scoring next tokens after a
+chunk without keeping it, truncate, the decode loop, and taking rows out of a state into a
+smaller one and putting them back.
 
 Each takes and returns a donated `SamplingState`; static arguments are the model config,
 the sampling config and the attention span, so programs are few and reused.
@@ -58,6 +59,34 @@ def extend(model: ModelConfig, span: int, params, state: SamplingState, chunk_Bx
     stop_state=jnp.where(touched[:, None], 0, state.stop_state),
     cache=cache,
   )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnames=("state",))
+def score_after(
+  model: ModelConfig, span: int, params, state: SamplingState, chunk_BxC, chunk_len_B, choices_BxK
+):
+  """log p(choices | row + chunk) per row, without adding the chunk to the row.
+
+  Feeds each row's last token and its chunk at the positions after it. Their keys/values
+  land in the slots from the row's end on, which the next append or decode writes before
+  it reads them (and the last token's slot gets what decode would write there), so only
+  the cache changes. Rows with `chunk_len` 0 are not fed; their scores are meaningless.
+  """
+  b, c = chunk_BxC.shape
+  rows = jnp.arange(b)
+  last = jnp.maximum(state.lengths - 1, 0)
+  t_C = jnp.arange(c + 1)
+  feed = jnp.concatenate([state.tokens[rows, last][:, None], chunk_BxC], axis=1)
+  pos_BxC = last[:, None] + t_C[None]
+  valid = (t_C[None] <= chunk_len_B[:, None]) & (chunk_len_B[:, None] > 0)
+  hidden, cache = transformer.forward_with_cache_hidden(
+    model, params, feed, jnp.minimum(pos_BxC, span - 1), state.cache, valid, span
+  )
+  read_Bx1xD = jnp.take_along_axis(hidden, chunk_len_B[:, None, None], axis=1)
+  logits_BxV = transformer.logits_from_hidden(model, params, read_Bx1xD)[:, 0]
+  logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+  scores = jnp.take_along_axis(logp_BxV, choices_BxK, axis=-1)
+  return dataclasses.replace(state, cache=cache), scores
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))

@@ -143,6 +143,60 @@ class Sampler:
     self._shapes.add(("extend", b, width, span))
     return kernels.extend(self.model, span, params, state, jnp.asarray(arr), jnp.asarray(chunk_len))
 
+  def score_after(
+    self,
+    params,
+    state: SamplingState,
+    rows: Sequence[int],
+    chunks: Sequence[Sequence[int]],
+    choices: Sequence[Sequence[int]],
+  ) -> tuple[SamplingState, list[np.ndarray]]:
+    """log p(c | row's tokens + chunk) for each chosen row's candidate next tokens `c`.
+
+    The chunk is read, not added: every row keeps its tokens, log-probs, length and flags,
+    and decoding goes on as before. Only the cache changes, in slots past the rows' ends
+    that are written again before they are read, so `state` is donated and the returned
+    state replaces it. One forward pass over the chunks against the rows' own cache: the
+    Meta-Refiner's question after a rollout (refiner.prompt="continuation") costs its own
+    tokens, not a re-encoding of the trajectory.
+
+    Returns:
+      (the state, float32 log-probs per chosen row, one per candidate, in `rows` order).
+    """
+    if not len(rows) == len(chunks) == len(choices):
+      raise ValueError(
+        f"score_after got {len(rows)} rows, {len(chunks)} chunks and {len(choices)} choice lists"
+      )
+    if not len(rows):
+      return state, []
+    idx = self._check_rows(state, rows)
+    lengths = np.asarray(jax.device_get(state.lengths))
+    chunk_len = np.zeros((state.batch,), np.int32)
+    for r, chunk, cand in zip(idx, chunks, choices, strict=True):
+      if lengths[r] < 1:
+        raise ValueError(f"row {r} is empty; score_after reads after a row's tokens")
+      if len(chunk) == 0 or len(cand) == 0:
+        raise ValueError(f"row {r}: empty chunk or no choices")
+      if lengths[r] + len(chunk) > state.max_len:
+        raise ValueError(
+          f"row {r}: {lengths[r]} + {len(chunk)} tokens exceed the row capacity {state.max_len}"
+        )
+      chunk_len[r] = len(chunk)
+    width = -(-int(chunk_len.max()) // 16) * 16  # chunks here are short and alike
+    k = -(-max(len(c) for c in choices) // 8) * 8  # few programs: widths 8, 16, ...
+    arr = np.zeros((state.batch, width), np.int32)
+    cand = np.zeros((state.batch, k), np.int32)
+    for r, chunk, c in zip(idx, chunks, choices, strict=True):
+      arr[r, : len(chunk)] = chunk
+      cand[r, : len(c)] = c
+    span = self.attention_span(int((lengths + chunk_len).max()))
+    self._shapes.add(("score_after", state.batch, width, k, span))
+    state, scores = kernels.score_after(
+      self.model, span, params, state, jnp.asarray(arr), jnp.asarray(chunk_len), jnp.asarray(cand)
+    )
+    scores = np.asarray(scores)
+    return state, [scores[r, : len(c)] for r, c in zip(idx, choices, strict=True)]
+
   def prefill(
     self,
     params,
