@@ -1,5 +1,7 @@
 """The Meta-Refiner: the gate, the cut, regeneration, and the batched judgement."""
 
+import types
+
 import jax
 import numpy as np
 import pytest
@@ -293,19 +295,42 @@ def test_continuation_text_form_scores_as_the_cache_does():
 
 
 def test_continuation_judge_leaves_the_cache_intact_for_the_cut():
-  """Judged in the cache, every row cut at step 1 and regenerated greedily: the same again.
+  """Judged in the cache, then cut at the last step and regenerated greedily: the same.
 
-  Greedy decoding from an intact prefix and cache writes the same suffix bit for bit; the
-  question's scratch keys/values past each row's end do not leak into it.
+  The rows' cache entries (slots < length - 1) are bit for bit what they were, and greedy
+  decoding from the cut writes the same last turn: the question's scratch entries past
+  each row's end do not leak into what follows.
   """
   tok, sampler, params, index, cfg, state, records, _ = _continuation_batch()
   draft = finish_rollout(state, records, tok)
+  lengths = np.asarray(state.lengths)
+  before = [(np.asarray(c["k"]), np.asarray(c["v"])) for c in state.cache]
   config = RefinerConfig(prompt="continuation")
   state, ds = refiner.judge_in_cache(sampler, params, state, [0, 1, 2], draft, config)
   assert all(d is not None for d in ds)
-  state = rewind(sampler, state, records, [0, 1, 2], [1, 1, 1])
+  for (k, v), c in zip(before, state.cache, strict=True):
+    for r, n in enumerate(lengths):
+      np.testing.assert_array_equal(k[r, : n - 1], np.asarray(c["k"])[r, : n - 1])
+      np.testing.assert_array_equal(v[r, : n - 1], np.asarray(c["v"])[r, : n - 1])
+  state = rewind(sampler, state, records, [0, 1, 2], [len(t.steps) for t in draft])
   state = continue_rollout(sampler, params, state, records, index, cfg)
-  assert finish_rollout(state, records, tok) == draft
+  for new, old in zip(finish_rollout(state, records, tok), draft, strict=True):
+    assert new.response_ids == old.response_ids
+    np.testing.assert_allclose(new.logprobs, old.logprobs, atol=1e-5)
+
+
+def test_continuation_judge_skips_rows_without_room_for_the_question():
+  tok = tiny_byte_tokenizer()
+  config = models.preset("tiny", vocab_size=len(tok), n_layers=2)
+  params = models.init_params(config, jax.random.key(0), std=0.3)
+  sampler = Sampler(config, tok, SamplingConfig(max_len=256))
+  room = 256 - len(refiner.followup_ids(tok, 1))
+  rows = [[7] * (room + 1), [7] * room]  # one token too many; just enough
+  state = sampler.prefill(params, rows)
+  trajs = [types.SimpleNamespace(prompt_ids=r, response_ids=[], steps=[(0, 1)]) for r in rows]
+  big = RefinerConfig(prompt="continuation", max_prompt_tokens=4096)
+  _, ds = refiner.judge_in_cache(sampler, params, state, [0, 1], trajs, big)
+  assert ds[0] is None and len(ds[1].prompt_ids) == 256
 
 
 def test_continuation_refine_judges_in_the_cache_and_regenerates():

@@ -239,9 +239,10 @@ def test_score_after_reads_past_the_row_and_keeps_it(llama):
     np.testing.assert_allclose(got, jax.nn.log_softmax(logits)[jnp.asarray(choices[r])], atol=1e-5)
   for a, b in zip(kept, jax.device_get((st.tokens, st.logprobs, st.lengths, st.done)), strict=True):
     np.testing.assert_array_equal(a, b)
-  # Decoding goes on as if nothing had been read.
-  fresh = s.decode(m.params, s.prefill(m.params, rows), 6)
-  after = s.decode(m.params, st, 6)
+  # Appending and decoding go on as if nothing had been read.
+  fresh = s.append(m.params, s.prefill(m.params, rows), [0, 2], [[30, 31], [32]])
+  after = s.append(m.params, st, [0, 2], [[30, 31], [32]])
+  fresh, after = s.decode(m.params, fresh, 6), s.decode(m.params, after, 6)
   np.testing.assert_array_equal(np.asarray(after.tokens), np.asarray(fresh.tokens))
   np.testing.assert_allclose(np.asarray(after.logprobs), np.asarray(fresh.logprobs), atol=1e-5)
   assert s.score_after(m.params, after, [], [], []) == (after, [])

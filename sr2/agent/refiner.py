@@ -6,9 +6,9 @@ PAPER.md §2.2 (Algorithm 1) with the decisions of DESIGN.md:
   - One forward pass per trajectory scores the single-token choices "0".."n" right after
     the prompt (n = the trajectory's steps): lp_j = log p(str(j) | prompt), full softmax
     (`scoring.score_choices`, batched `judge_rows` prompts a pass).
-  - Beyond the paper, `prompt="continuation"` asks the same question after the Actor's
-    own trajectory instead (`refiner_followup`): the judgement then reads the rollout's
-    KV cache (`Sampler.score_after`) and encodes only the question's tokens.
+  - Beyond the paper, `prompt="continuation"` puts a short question after the Actor's own
+    trajectory instead (`refiner_followup`): the judgement then reads the rollout's KV
+    cache (`Sampler.score_after`) and encodes only the question's tokens.
   - Revise iff  log p(revise) − lp_0 ≥ margin, with log p(revise) = logsumexp_{j≥1} lp_j
     (`aggregate="logsumexp"`, the summed mass; equivalent to τ = 0.5 on p("0") at margin 0)
     or max_{j≥1} lp_j (`aggregate="max"`).
@@ -72,7 +72,12 @@ class RefinerConfig:
       question and the numbered steps with their TOOL outputs, encoded afresh per
       trajectory. "continuation" (beyond the paper): the Actor's prompt and trajectory as
       the rollout wrote them, then the question (`refiner_followup`); online it reads the
-      rollout's KV cache, so a judgement costs ~70 tokens instead of the whole trajectory.
+      rollout's KV cache, so a judgement encodes the question's tokens (66 with the tiny
+      world's tokenizer) instead of the whole trajectory, all rows in one pass
+      (`judge_rows` applies to "table12" only). Its decision rows are the trajectory plus
+      the question, so under joint optimisation they are longer than in "table12". Rows
+      too long for the question (the sampler's capacity or `max_prompt_tokens`) are
+      accepted unjudged (`refiner/judged` in the step's metrics).
   """
 
   enabled: bool = False
@@ -116,7 +121,9 @@ class Decision:
   """One judgement of one trajectory.
 
   Attributes:
-    prompt_ids: the refiner prompt, tokenised.
+    prompt_ids: the refiner prompt, tokenised (in the continuation form: the Actor's
+      prompt and trajectory, then the question; joint optimisation trains on it plus the
+      one emitted token).
     choice_logprobs: lp_0..lp_n (log p of "0".."n" after the prompt).
     revise: the gate's verdict.
     step: 0 when accepting, else the flagged (earliest flawed) step j in 1..n.
@@ -172,8 +179,10 @@ def prompt_ids(
   """The refiner prompt for `question` and the steps; the choice token follows directly.
 
   "table12": `refiner_prompt` over the steps. "continuation": the Actor's prompt, each
-  step's text and its tool text (as the rollout appended it) encoded in turn as the
-  rollout and SFT encode them, then `followup_ids`.
+  step's text and its tool text encoded in turn as the rollout and SFT encode them, then
+  `followup_ids`. The tool text must be as the rollout appended it (`wrap_information`'s
+  blank lines included; `trajectory_steps` strips them), else the tokens differ from the
+  rollout's. Online, `refine` reads the rollout's own tokens instead (`judge_in_cache`).
   """
   if form not in PROMPTS:
     raise ValueError(f"prompt form {form!r}; expected one of {PROMPTS}")
@@ -279,7 +288,8 @@ class Refined:
   """What `refine` returns.
 
   Attributes:
-    state: the sampler state after the last regeneration.
+    state: the sampler state after the last judgement or regeneration (it replaces the
+      state `refine` was given, which is donated).
     trajectories: the final trajectories (the mixture policy's samples).
     drafts: the Actor's first trajectories, before any revision.
     decisions: per row, its decisions in order (empty if never judged).
@@ -315,10 +325,12 @@ def refine(
   """Algorithm 1 on a finished rollout batch (`state`, `records` from `continue_rollout`).
 
   `rng` samples the cut (training); None takes the argmax (evaluation). Rows are judged
-  together, and every revised row regenerates in the same decode calls. `judge_fn(items,
-  rng)` replaces the model's judgement (`judge` with these params) — a scripted refiner
-  in tests, or a refiner with params of its own. The revised rows regenerate in a batch of
-  their own (`continue_rows`), so a few revisions cost what a few rows cost.
+  together, and every revised row regenerates in the same decode calls. The judgement is
+  `judge` on (question, steps) items, or `judge_in_cache` on the rows with
+  `config.prompt="continuation"`. `judge_fn(items, rng)` replaces either (whatever
+  `config.prompt` says) — a scripted refiner in tests, or a refiner with params of its
+  own. The revised rows regenerate in a batch of their own (`continue_rows`), so a few
+  revisions cost what a few rows cost. `state` is donated; use `Refined.state`.
   """
   tok = sampler.tokenizer
   if len(questions) != len(records):

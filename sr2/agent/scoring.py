@@ -1,7 +1,8 @@
 """Batched scoring of candidate next tokens: log p(c | prompt) for each prompt's choices.
 
-The Meta-Refiner's judgement (agent/refiner.py) is this over the refiner prompts and the
-digit tokens "0".."n". One forward pass per prompt; the LM head runs only on the position
+The Meta-Refiner's judgement (agent/refiner.py) in its paper form is this over the refiner
+prompts and the digit tokens "0".."n" (the continuation form reads the sampler's cache
+instead, `Sampler.score_after`). One forward pass per prompt; the LM head runs only on the position
 read. Prompts go in padded passes (`score_choices`).
 """
 

@@ -2,7 +2,8 @@
 chunk without keeping it, truncate, the decode loop, and taking rows out of a state into a
 smaller one and putting them back.
 
-Each takes and returns a donated `SamplingState`; static arguments are the model config,
+Each takes a `SamplingState` (donated, but for take_rows) and returns one (score_after with
+the scores); static arguments are the model config,
 the sampling config and the attention span, so programs are few and reused.
 """
 

@@ -1,4 +1,5 @@
-"""The sampler: a fixed-size state, jitted extend (prefill/append), decode and truncate.
+"""The sampler: a fixed-size state, jitted extend (prefill/append), decode, truncate and
+next-token scores after a chunk that is read but not kept (`score_after`).
 
 State layout (row b, capacity L tokens):
   tokens[b, :lengths[b]]  every token of the row: prompt, generated, appended.
@@ -13,6 +14,9 @@ ragged rows uniform:
   * truncate to n: set lengths = n. Slots >= n - 1 hold stale entries that are never
     attended (keys at slot s are seen only by queries at position >= s) and get
     overwritten by the next decode step. Nothing is re-encoded.
+  * score_after: feed the last token and a chunk, read the log-probs after the chunk,
+    keep the row as it was. The chunk's entries land in slots >= lengths - 1, which, like
+    truncate's stale entries, are written again before any query reads them.
   * decode: a `lax.while_loop` of single-token steps; a row stops on EOS, on completing a
     stop string (stops.py), on its new-token budget or when its buffer is full, and stays
     stopped while the others go on.
@@ -22,8 +26,8 @@ above the longest length any row reaches in the call: a short prefix of a long r
 what its length costs, not the row capacity.
 
 Programs compiled, per batch size and capacity: one decode per span bucket, one extend per
-(chunk bucket, span bucket), one truncate; `select` and `merge` one each per pair of batch
-sizes. `Sampler.num_programs` reports the count.
+(chunk bucket, span bucket), one score_after per (chunk width, choices, span bucket), one
+truncate; `select` and `merge` one each per pair of batch sizes. `Sampler.num_programs` reports the count.
 """
 
 from __future__ import annotations
@@ -182,7 +186,9 @@ class Sampler:
           f"row {r}: {lengths[r]} + {len(chunk)} tokens exceed the row capacity {state.max_len}"
         )
       chunk_len[r] = len(chunk)
-    width = -(-int(chunk_len.max()) // 16) * 16  # chunks here are short and alike
+    # The chunks here (the refiner's question) are short and of one or two lengths: a
+    # multiple of 16 pads them less than the chunk buckets would, and compiles as few.
+    width = -(-int(chunk_len.max()) // 16) * 16
     k = -(-max(len(c) for c in choices) // 8) * 8  # few programs: widths 8, 16, ...
     arr = np.zeros((state.batch, width), np.int32)
     cand = np.zeros((state.batch, k), np.int32)
