@@ -27,7 +27,8 @@ what its length costs, not the row capacity.
 
 Programs compiled, per batch size and capacity: one decode per span bucket, one extend per
 (chunk bucket, span bucket), one score_after per (chunk width, choices, span bucket), one
-truncate; `select` and `merge` one each per pair of batch sizes. `Sampler.num_programs` reports the count.
+truncate; `select` and `merge` one each per pair of batch sizes. `Sampler.num_programs`
+reports the count.
 """
 
 from __future__ import annotations
