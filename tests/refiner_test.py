@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sr2 import models
-from sr2.agent import refiner
+from sr2.agent import refiner, refiner_prompts
 from sr2.agent.refiner import Decision, RefinerConfig
 from sr2.agent.rollout import (
   RolloutConfig,
@@ -226,11 +226,12 @@ def test_judge_scores_equal_a_forward_pass_and_batch():
   ]
   ds = refiner.judge(config, params, tok, items, RefinerConfig(), None)
   for (q, steps), d in zip(items, ds, strict=True):
-    ids = refiner.prompt_ids(tok, q, steps)
+    ids = refiner_prompts.prompt_ids(tok, q, steps)
     logits = models.forward(config, params, np.asarray([ids], np.int32))[0, -1]
-    want = jax.nn.log_softmax(logits)[np.asarray(refiner.choice_ids(tok, len(steps)))]
+    want = jax.nn.log_softmax(logits)[np.asarray(refiner_prompts.choice_ids(tok, len(steps)))]
     np.testing.assert_allclose(d.choice_logprobs, want, atol=1e-5)
-    assert d.prompt_ids == tuple(ids) and d.token == refiner.choice_ids(tok, len(steps))[d.step]
+    choices = refiner_prompts.choice_ids(tok, len(steps))
+    assert d.prompt_ids == tuple(ids) and d.token == choices[d.step]
     assert d.logprob == pytest.approx(d.choice_logprobs[d.step])
   # Too long a prompt is not judged.
   assert refiner.judge(config, params, tok, items, RefinerConfig(max_prompt_tokens=8)) == [
@@ -266,12 +267,12 @@ def test_continuation_judge_reads_the_cache_and_equals_a_forward_pass():
     np.testing.assert_array_equal(a, b)
   for t, d in zip(draft, ds, strict=True):
     n = len(t.steps)
-    ids = t.prompt_ids + t.response_ids + refiner.followup_ids(tok, n)
+    ids = t.prompt_ids + t.response_ids + refiner_prompts.followup_ids(tok, n)
     assert d.prompt_ids == tuple(ids)
     logits = models.forward(sampler.model, params, np.asarray([ids], np.int32))[0, -1]
-    want = jax.nn.log_softmax(logits)[np.asarray(refiner.choice_ids(tok, n))]
+    want = jax.nn.log_softmax(logits)[np.asarray(refiner_prompts.choice_ids(tok, n))]
     np.testing.assert_allclose(d.choice_logprobs, want, atol=1e-4)
-    assert d.token == refiner.choice_ids(tok, n)[d.step]
+    assert d.token == refiner_prompts.choice_ids(tok, n)[d.step]
   # Rows whose tokens and question exceed max_prompt_tokens are not judged.
   short = RefinerConfig(prompt="continuation", max_prompt_tokens=len(draft[0].prompt_ids) + 1)
   assert refiner.judge_in_cache(sampler, params, state, [0, 2], draft, short)[1] == [None, None]
@@ -285,12 +286,13 @@ def test_continuation_text_form_scores_as_the_cache_does():
   info = wrap_information("Doc 1(Title: Vorla) Vorla was born in Brezum.")
   q, steps = "Where was Vorla born?", [(T1, info), (T3_BAD, None)]
   body = tok.encode(actor_prompt(q)) + tok.encode(T1) + tok.encode(info) + tok.encode(T3_BAD)
-  followup = refiner.followup_ids(tok, 2)
-  assert refiner.prompt_ids(tok, q, steps, "continuation") == body + followup
+  followup = refiner_prompts.followup_ids(tok, 2)
+  assert refiner_prompts.prompt_ids(tok, q, steps, "continuation") == body + followup
   (d,) = refiner.judge(config, params, tok, [(q, steps)], RefinerConfig(prompt="continuation"))
   sampler = Sampler(config, tok, SamplingConfig(max_len=2048))
   state = sampler.prefill(params, [body, tok.encode("Kelt")])
-  _, (lp,) = sampler.score_after(params, state, [0], [followup], [refiner.choice_ids(tok, 2)])
+  choices = refiner_prompts.choice_ids(tok, 2)
+  _, (lp,) = sampler.score_after(params, state, [0], [followup], [choices])
   np.testing.assert_allclose(d.choice_logprobs, lp, atol=1e-4)
 
 
@@ -324,7 +326,7 @@ def test_continuation_judge_skips_rows_without_room_for_the_question():
   config = models.preset("tiny", vocab_size=len(tok), n_layers=2)
   params = models.init_params(config, jax.random.key(0), std=0.3)
   sampler = Sampler(config, tok, SamplingConfig(max_len=256))
-  room = 256 - len(refiner.followup_ids(tok, 1))
+  room = 256 - len(refiner_prompts.followup_ids(tok, 1))
   rows = [[7] * (room + 1), [7] * room]  # one token too many; just enough
   state = sampler.prefill(params, rows)
   trajs = [types.SimpleNamespace(prompt_ids=r, response_ids=[], steps=[(0, 1)]) for r in rows]
@@ -340,8 +342,8 @@ def test_continuation_refine_judges_in_the_cache_and_regenerates():
   out = refiner.refine(sampler, params, state, records, questions, index, cfg, config)
   for t, ds, new in zip(draft, out.decisions, out.trajectories, strict=True):
     assert len(ds) == 1 and ds[0].revise and 1 <= ds[0].step <= len(t.steps)
-    assert ds[0].prompt_ids[-len(refiner.followup_ids(tok, len(t.steps))) :] == tuple(
-      refiner.followup_ids(tok, len(t.steps))
+    assert ds[0].prompt_ids[-len(refiner_prompts.followup_ids(tok, len(t.steps))) :] == tuple(
+      refiner_prompts.followup_ids(tok, len(t.steps))
     )
     # Greedy from the cut writes the same tokens; rows cut at other steps share decode
     # calls of another attention span, so the log-probs agree up to float reassociation.
@@ -401,16 +403,16 @@ def test_sampled_regeneration_changes_only_the_suffix():
 
 
 def test_choice_ids_need_single_tokens():
-  assert len(refiner.choice_ids(TOK, 4)) == 5
+  assert len(refiner_prompts.choice_ids(TOK, 4)) == 5
   with pytest.raises(ValueError, match="1 to 9 steps"):
-    refiner.choice_ids(TOK, 10)
+    refiner_prompts.choice_ids(TOK, 10)
 
   class Wide:
     def encode(self, s):
       return [1, 2]
 
   with pytest.raises(ValueError, match="single-token digits"):
-    refiner.choice_ids(Wide(), 2)
+    refiner_prompts.choice_ids(Wide(), 2)
 
 
 def test_config_validation():
@@ -424,4 +426,4 @@ def test_config_validation():
   with pytest.raises(ValueError, match="refiner.prompt"):
     RefinerConfig(prompt="suffix")
   with pytest.raises(ValueError, match="prompt form"):
-    refiner.prompt_ids(TOK, "q", [(T1, None)], "suffix")
+    refiner_prompts.prompt_ids(TOK, "q", [(T1, None)], "suffix")

@@ -27,10 +27,17 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
-import jax
 import numpy as np
 
 from sr2.agent import scoring
+from sr2.agent.refiner_prompts import (
+  MAX_CHOICES,
+  PROMPTS,
+  choice_ids,
+  followup_ids,
+  prompt_ids,
+  trajectory_steps,
+)
 from sr2.agent.rollout import (
   Record,
   Retriever,
@@ -40,13 +47,10 @@ from sr2.agent.rollout import (
   finish_rollout,
   rewind,
 )
-from sr2.data.prompts import actor_prompt, refiner_followup, refiner_prompt
 from sr2.models.config import ModelConfig
 from sr2.sampling import Sampler, SamplingState
 
 AGGREGATES = ("logsumexp", "max")
-PROMPTS = ("table12", "continuation")
-MAX_CHOICES = 10  # "0".."9": one token each in every tokenizer sr2 uses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,56 +149,6 @@ class Decision:
     return float(np.logaddexp.reduce(lp[1:]) - lp[0])
 
 
-def choice_ids(tokenizer, n: int) -> list[int]:
-  """Token ids of "0".."n"; each must be a single token."""
-  if not 1 <= n < MAX_CHOICES:
-    raise ValueError(f"the refiner scores 1 to {MAX_CHOICES - 1} steps, got {n}")
-  ids = [tokenizer.encode(str(j)) for j in range(n + 1)]
-  bad = [str(j) for j, t in enumerate(ids) if len(t) != 1]
-  if bad:
-    raise ValueError(f"the refiner needs single-token digits; {bad} are not one token")
-  return [t[0] for t in ids]
-
-
-def trajectory_steps(trajectory: Trajectory, tokenizer) -> list[tuple[str, str | None]]:
-  """(assistant text, tool text or None) per assistant step, from the token masks."""
-  ids = np.asarray(trajectory.response_ids)
-  mask = np.asarray(trajectory.loss_mask, bool)
-  out = []
-  for start, end in trajectory.steps:
-    model = ids[start:end][mask[start:end]].tolist()
-    tool = ids[start:end][~mask[start:end]].tolist()
-    out.append((tokenizer.decode(model), tokenizer.decode(tool).strip() if tool else None))
-  return out
-
-
-def followup_ids(tokenizer, n: int) -> list[int]:
-  """The continuation form's question for a trajectory of `n` steps, tokenised."""
-  return tokenizer.encode(refiner_followup(n))
-
-
-def prompt_ids(
-  tokenizer, question: str, steps: Sequence[tuple[str, str | None]], form: str = "table12"
-) -> list[int]:
-  """The refiner prompt for `question` and the steps; the choice token follows directly.
-
-  "table12": `refiner_prompt` over the steps. "continuation": the Actor's prompt, each
-  step's text and its tool text encoded in turn as the rollout and SFT encode them, then
-  `followup_ids`. The tool text must be as the rollout appended it (`wrap_information`'s
-  blank lines included; `trajectory_steps` strips them), else the tokens differ from the
-  rollout's. Online, `refine` reads the rollout's own tokens instead (`judge_in_cache`).
-  """
-  if form not in PROMPTS:
-    raise ValueError(f"prompt form {form!r}; expected one of {PROMPTS}")
-  if form == "continuation":
-    ids = tokenizer.encode(actor_prompt(question))
-    for assistant, tool in steps:
-      ids += tokenizer.encode(assistant) + (tokenizer.encode(tool) if tool else [])
-    return ids + followup_ids(tokenizer, len(steps))
-  steps = [(a if a.strip() else "(empty)", t) for a, t in steps]
-  return tokenizer.encode(refiner_prompt(question, steps))
-
-
 def decide(
   choice_logprobs: np.ndarray, config: RefinerConfig, rng: np.random.Generator | None
 ) -> tuple[bool, int]:
@@ -208,6 +162,16 @@ def decide(
     return True, int(np.argmax(rest)) + 1
   p = np.exp(rest - rest.max())
   return True, int(rng.choice(len(rest), p=p / p.sum())) + 1
+
+
+def _decision(
+  ids: Sequence[int], choices: Sequence[int], lp: np.ndarray, config: RefinerConfig, rng
+) -> Decision:
+  """The `Decision` of a prompt whose choices scored `lp` (the gate and cut of `decide`)."""
+  revise, step = decide(lp, config, rng)
+  return Decision(
+    tuple(ids), tuple(float(x) for x in lp), revise, step, choices[step], float(lp[step])
+  )
 
 
 def judge(
@@ -238,8 +202,7 @@ def judge(
     model, params, prompts, choices, tokenizer.pad_id or 0, rows_per_pass=config.judge_rows
   )
   for i, p, c, lp in zip(where, prompts, choices, scores, strict=True):
-    revise, step = decide(lp, config, rng)
-    out[i] = Decision(tuple(p), tuple(float(x) for x in lp), revise, step, c[step], float(lp[step]))
+    out[i] = _decision(p, c, lp, config, rng)
   return out
 
 
@@ -258,28 +221,34 @@ def judge_in_cache(
   `Sampler.score_after`: the trajectory is not encoded again. The returned state replaces
   `state` (only cache slots past the rows' ends changed). A row is not judged (None) when
   it has no steps or more than 9, or when its tokens and the question would exceed
-  `config.max_prompt_tokens` or the row's capacity.
+  `config.max_prompt_tokens` or the row's capacity. `trajectories` are `state`'s rows
+  (`finish_rollout`); their lengths are the rows'.
   """
   tok = sampler.tokenizer
-  lengths = np.asarray(jax.device_get(state.lengths))
-  chosen, chunks, choices = [], [], []
+  asks: dict[int, tuple[list[int], list[int]]] = {}  # steps -> (question, choices)
+  chosen, prompts = [], []
   for r in rows:
-    n = len(trajectories[r].steps)
+    t, n = trajectories[r], len(trajectories[r].steps)
     if not 1 <= n < MAX_CHOICES:
       continue
-    chunk = followup_ids(tok, n)
-    if lengths[r] + len(chunk) > min(config.max_prompt_tokens, state.max_len):
+    if n not in asks:
+      asks[n] = (followup_ids(tok, n), choice_ids(tok, n))
+    ids = [*t.prompt_ids, *t.response_ids, *asks[n][0]]
+    if len(ids) > min(config.max_prompt_tokens, state.max_len):
       continue
     chosen.append(r)
-    chunks.append(chunk)
-    choices.append(choice_ids(tok, n))
-  state, scores = sampler.score_after(params, state, chosen, chunks, choices)
-  out: dict[int, Decision] = {}
-  for r, chunk, c, lp in zip(chosen, chunks, choices, scores, strict=True):
-    t = trajectories[r]
-    revise, step = decide(lp, config, rng)
-    ids = tuple(t.prompt_ids) + tuple(t.response_ids) + tuple(chunk)
-    out[r] = Decision(ids, tuple(float(x) for x in lp), revise, step, c[step], float(lp[step]))
+    prompts.append((ids, n))
+  state, scores = sampler.score_after(
+    params,
+    state,
+    chosen,
+    [asks[n][0] for _, n in prompts],
+    [asks[n][1] for _, n in prompts],
+  )
+  out = {
+    r: _decision(ids, asks[n][1], lp, config, rng)
+    for r, (ids, n), lp in zip(chosen, prompts, scores, strict=True)
+  }
   return state, [out.get(r) for r in rows]
 
 

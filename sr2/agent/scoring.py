@@ -12,7 +12,6 @@ import functools
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sr2.models import transformer
@@ -27,10 +26,7 @@ def _next_token_logprobs(config: ModelConfig, params, tokens_BxT, last_B, choice
   logits per prompt, not [B, T, V]).
   """
   hidden_BxTxD = transformer.forward_hidden(config, params, tokens_BxT)
-  last_Bx1xD = jnp.take_along_axis(hidden_BxTxD, last_B[:, None, None], axis=1)
-  logits_BxV = transformer.logits_from_hidden(config, params, last_Bx1xD)[:, 0]
-  logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
-  return jnp.take_along_axis(logp_BxV, choices_BxC, axis=-1)
+  return transformer.next_token_logprobs(config, params, hidden_BxTxD, last_B, choices_BxC)
 
 
 LENGTH_BUCKETS = (128, 256, 384, 512, 640, 768, 1024, 1280, 1536, 2048)

@@ -194,6 +194,19 @@ def logits_from_hidden(config: ModelConfig, params: Params, x_BxTxD: jax.Array) 
   return jnp.einsum("btd,dv->btv", x, params["head"], preferred_element_type=jnp.float32)
 
 
+def next_token_logprobs(
+  config: ModelConfig, params: Params, x_BxTxD: jax.Array, at_B: jax.Array, tokens_BxC: jax.Array
+) -> jax.Array:
+  """log p(tokens[b, c] | the sequence up to position at[b]), float32 [B, C].
+
+  The LM head and the softmax run on the one position read per row, not on all T: what
+  scoring a few candidate next tokens (the Meta-Refiner's "0".."n") needs.
+  """
+  x_Bx1xD = jnp.take_along_axis(x_BxTxD, at_B[:, None, None], axis=1)
+  logp_BxV = jax.nn.log_softmax(logits_from_hidden(config, params, x_Bx1xD)[:, 0], axis=-1)
+  return jnp.take_along_axis(logp_BxV, tokens_BxC, axis=-1)
+
+
 def head_params(config: ModelConfig, params: Params) -> Params:
   """The sub-pytree `logits_from_hidden` reads (final norm and output matrix)."""
   key = "embed" if config.tie_embeddings else "head"

@@ -83,10 +83,7 @@ def score_after(
   hidden, cache = transformer.forward_with_cache_hidden(
     model, params, feed, jnp.minimum(pos_BxC, span - 1), state.cache, valid, span
   )
-  read_Bx1xD = jnp.take_along_axis(hidden, chunk_len_B[:, None, None], axis=1)
-  logits_BxV = transformer.logits_from_hidden(model, params, read_Bx1xD)[:, 0]
-  logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
-  scores = jnp.take_along_axis(logp_BxV, choices_BxK, axis=-1)
+  scores = transformer.next_token_logprobs(model, params, hidden, chunk_len_B, choices_BxK)
   return dataclasses.replace(state, cache=cache), scores
 
 
