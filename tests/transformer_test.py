@@ -122,6 +122,43 @@ def test_ragged_rows_with_write_mask(hf_and_sr2):
   np.testing.assert_allclose(step[0, 0], ref_a[0, 9], atol=1e-5)
 
 
+def test_last_block_at_one_position_matches_hf(hf_and_sr2):
+  """`at_B`: the last block only where it is read (T = 150, three attention blocks below)."""
+  hf, m = hf_and_sr2
+  c, p = m.config, m.params
+  tokens = np.random.default_rng(8).integers(0, c.vocab_size, size=(4, 150))
+  at = np.array([0, 63, 149, 100])
+  want = hf_logits(hf, tokens)[np.arange(4), at]
+  pos = jnp.broadcast_to(jnp.arange(150), (4, 150))
+  for positions in (None, pos):  # the blocked and the masked path
+    x = transformer.forward_hidden(c, p, jnp.asarray(tokens), positions, at_B=jnp.asarray(at))
+    assert x.shape == (4, 1, c.d_model)
+    got = np.asarray(transformer.logits_from_hidden(c, p, x))[:, 0]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_last_block_at_one_position_with_cache(hf_and_sr2):
+  """`at_B` with a cache: the full call's output there, and the very same cache."""
+  _, m = hf_and_sr2
+  c, p = m.config, m.params
+  rng = np.random.default_rng(9)
+  cache = models.init_cache(c, batch=3, max_len=24)
+  pos5 = jnp.broadcast_to(jnp.arange(5), (3, 5))
+  _, cache = models.forward_with_cache(
+    c, p, jnp.asarray(rng.integers(0, c.vocab_size, (3, 5))), pos5, cache
+  )
+  tokens = jnp.asarray(rng.integers(0, c.vocab_size, (3, 7)))
+  pos = jnp.broadcast_to(jnp.arange(5, 12), (3, 7))
+  valid = jnp.asarray(np.arange(7)[None] < np.array([[7], [3], [5]]))
+  at = jnp.asarray([6, 2, 4])
+  full, full_cache = transformer.forward_with_cache_hidden(c, p, tokens, pos, cache, valid, 16)
+  one, one_cache = transformer.forward_with_cache_hidden(c, p, tokens, pos, cache, valid, 16, at)
+  assert one.shape == (3, 1, c.d_model)
+  np.testing.assert_allclose(one[:, 0], full[np.arange(3), at], atol=1e-5, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(full_cache), jax.tree.leaves(one_cache), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_causality():
   c = models.preset("tiny")
   p = models.init_params(c, jax.random.key(0))
@@ -192,3 +229,17 @@ def test_forward_benchmark_times_both_paths_and_they_agree(capsys):
   assert rows[0]["attention_block"] == 64 and rows[0]["grad"]
   assert rows[2]["max_abs_difference"] < 1e-6
   assert len(capsys.readouterr().out.strip().splitlines()) == 3
+
+
+def test_forward_benchmark_read_one_agrees_with_the_full_pass(capsys):
+  from sr2.models.benchmark import forward_benchmark
+
+  rows = forward_benchmark(
+    ["--model", "tiny", "--batch", "3", "--length", "70", "--read-one", "--repeats", "1"]
+  )
+  assert [r.get("path") for r in rows[:2]] == ["blocked", "read_one"]
+  assert rows[1]["read_one"] and not rows[1]["grad"]
+  assert rows[2]["max_abs_difference"] < 1e-5
+  assert len(capsys.readouterr().out.strip().splitlines()) == 3
+  with pytest.raises(SystemExit):
+    forward_benchmark(["--read-one", "--grad"])

@@ -2,8 +2,8 @@
 
 The Meta-Refiner's judgement (agent/refiner.py) in its paper form is this over the refiner
 prompts and the digit tokens "0".."n" (the continuation form reads the sampler's cache
-instead, `Sampler.score_after`). One forward pass per prompt; the LM head runs only on the position
-read. Prompts go in padded passes (`score_choices`).
+instead, `Sampler.score_after`). One forward pass per prompt; the last block and the LM
+head run only on the position read. Prompts go in padded passes (`score_choices`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from sr2.models.config import ModelConfig
 def _next_token_logprobs(config: ModelConfig, params, tokens_BxT, last_B, choices_BxC):
   """log softmax of the logits after position last[b], at the token ids choices[b].
 
-  The LM head runs on the one position read, not on all T (the judge needs one row of
-  logits per prompt, not [B, T, V]).
+  The last block and the LM head run on the one position read, not on all T (the judge
+  needs one row of logits per prompt, not [B, T, V]).
   """
-  hidden_BxTxD = transformer.forward_hidden(config, params, tokens_BxT)
-  return transformer.next_token_logprobs(config, params, hidden_BxTxD, last_B, choices_BxC)
+  hidden_Bx1xD = transformer.forward_hidden(config, params, tokens_BxT, at_B=last_B)
+  return transformer.next_token_logprobs(config, params, hidden_Bx1xD, choices_BxC)
 
 
 LENGTH_BUCKETS = (128, 256, 384, 512, 640, 768, 1024, 1280, 1536, 2048)

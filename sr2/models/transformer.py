@@ -161,18 +161,45 @@ def _causal_attention(config, q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, block: int):
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
-def _project_qkv(config, layer, x_BxTxD, positions_BxT):
-  q = jnp.einsum("btd,dhk->bthk", x_BxTxD, layer["q"])
-  k = jnp.einsum("btd,dhk->bthk", x_BxTxD, layer["k"])
-  v = jnp.einsum("btd,dhk->bthk", x_BxTxD, layer["v"])
+def _project(config, layer, x_BxTxD, positions_BxT, name: str):
+  """Queries ("q") or keys ("k"): projection, bias, QK-norm and RoPE; values ("v"): projection
+  and bias."""
+  y = jnp.einsum("btd,dhk->bthk", x_BxTxD, layer[name])
   if config.qkv_bias:
-    q, k, v = q + layer["q_bias"], k + layer["k_bias"], v + layer["v_bias"]
+    y = y + layer[f"{name}_bias"]
+  if name == "v":
+    return y
   if config.qk_norm:
-    q = rms_norm(q, layer["q_norm"], config.norm_eps)
-    k = rms_norm(k, layer["k_norm"], config.norm_eps)
-  q = rope(q, positions_BxT, config.rope_theta)
-  k = rope(k, positions_BxT, config.rope_theta)
-  return q, k, v
+    y = rms_norm(y, layer[f"{name}_norm"], config.norm_eps)
+  return rope(y, positions_BxT, config.rope_theta)
+
+
+def _project_qkv(config, layer, x_BxTxD, positions_BxT):
+  return tuple(_project(config, layer, x_BxTxD, positions_BxT, n) for n in ("q", "k", "v"))
+
+
+def _take_positions(x_BxTx___: jax.Array, at_B: jax.Array) -> jax.Array:
+  """x[b, at[b]] for every row, keeping a time axis of 1: [B, 1, ...]."""
+  idx = at_B.reshape((-1, 1) + (1,) * (x_BxTx___.ndim - 2))
+  return jnp.take_along_axis(x_BxTx___, idx, axis=1)
+
+
+def _last_block_at(config, layer, x_BxTxD, positions_BxT, at_B, kv, mask_Bx1xS):
+  """The last decoder block at one position per row (at[b]), the only one read after it.
+
+  `kv(k_BxTxKxDh, v_BxTxKxDh)` gives the keys/values that position attends to (the T new
+  ones, or the cache after writing them) and what to return with them. Every position's
+  keys and values are still computed, but the query, attention output, output projection
+  and MLP run on one position instead of T: the same values as the full block there.
+  """
+  h = rms_norm(x_BxTxD, layer["attn_norm"], config.norm_eps)
+  k = _project(config, layer, h, positions_BxT, "k")
+  v = _project(config, layer, h, positions_BxT, "v")
+  keys, values, extra = kv(k, v)
+  q = _project(config, layer, _take_positions(h, at_B), _take_positions(positions_BxT, at_B), "q")
+  x = _take_positions(x_BxTxD, at_B)
+  x = x + jnp.einsum("bthk,hkd->btd", _attention(config, q, keys, values, mask_Bx1xS), layer["o"])
+  return x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps)), extra
 
 
 def _mlp(layer, x_BxTxD):
@@ -195,14 +222,15 @@ def logits_from_hidden(config: ModelConfig, params: Params, x_BxTxD: jax.Array) 
 
 
 def next_token_logprobs(
-  config: ModelConfig, params: Params, x_BxTxD: jax.Array, at_B: jax.Array, tokens_BxC: jax.Array
+  config: ModelConfig, params: Params, x_Bx1xD: jax.Array, tokens_BxC: jax.Array
 ) -> jax.Array:
-  """log p(tokens[b, c] | the sequence up to position at[b]), float32 [B, C].
+  """log p(tokens[b, c] | row b), float32 [B, C], from the last block's output at the one
+  position read per row (`forward_hidden(..., at_B=)` or `forward_with_cache_hidden(...,
+  at_B=)`).
 
-  The LM head and the softmax run on the one position read per row, not on all T: what
-  scoring a few candidate next tokens (the Meta-Refiner's "0".."n") needs.
+  The LM head and the softmax run on that position only, not on all T: what scoring a
+  few candidate next tokens (the Meta-Refiner's "0".."n") needs.
   """
-  x_Bx1xD = jnp.take_along_axis(x_BxTxD, at_B[:, None, None], axis=1)
   logp_BxV = jax.nn.log_softmax(logits_from_hidden(config, params, x_Bx1xD)[:, 0], axis=-1)
   return jnp.take_along_axis(logp_BxV, tokens_BxC, axis=-1)
 
@@ -228,6 +256,7 @@ def forward_hidden(
   params: Params,
   tokens_BxT: jax.Array,
   positions_BxT: jax.Array | None = None,
+  at_B: jax.Array | None = None,
 ) -> jax.Array:
   """Causal forward pass without a cache, stopping before the final norm and LM head.
 
@@ -241,10 +270,13 @@ def forward_hidden(
       position[u] <= position[t], so right padding never affects real tokens. With the
       default, attention is computed block by block below the diagonal
       (`_causal_attention`); explicit positions take the full masked path.
+    at_B: if given, only the residual stream at index at[b] of each row is returned,
+      [B, 1, D], and the last block runs only there (`_last_block_at`): one block in
+      n_layers less work when only one position is read, as in scoring next tokens.
 
   Returns:
     the residual stream after the last block, [B, T, D] in the params' dtype (the final
-    RMSNorm is NOT applied; `logits_from_hidden` applies it).
+    RMSNorm is NOT applied; `logits_from_hidden` applies it); [B, 1, D] with `at_B`.
   """
   _check_tokens(tokens_BxT)
   causal = positions_BxT is None
@@ -254,7 +286,10 @@ def forward_hidden(
     mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
   block = causal_block(tokens_BxT.shape[1])
   x = jnp.take(params["embed"], tokens_BxT, axis=0)
-  for layer in params["layers"]:
+  layers = params["layers"]
+  if at_B is not None:
+    layers = layers[:-1]
+  for layer in layers:
     h = rms_norm(x, layer["attn_norm"], config.norm_eps)
     q, k, v = _project_qkv(config, layer, h, positions_BxT)
     if causal:
@@ -263,6 +298,12 @@ def forward_hidden(
       attn = _attention(config, q, k, v, mask_BxTxT)
     x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
     x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
+  if at_B is None:
+    return x
+  mask_Bx1xT = positions_BxT[:, None, :] <= _take_positions(positions_BxT, at_B)[:, :, None]
+  x, _ = _last_block_at(
+    config, params["layers"][-1], x, positions_BxT, at_B, lambda k, v: (k, v, None), mask_Bx1xT
+  )
   return x
 
 
@@ -323,6 +364,7 @@ def forward_with_cache_hidden(
   cache: Cache,
   write_mask_BxT: jax.Array | None = None,
   attend_len: int | None = None,
+  at_B: jax.Array | None = None,
 ) -> tuple[jax.Array, Cache]:
   """Runs new tokens against a KV cache, writing their keys/values at their positions.
 
@@ -339,10 +381,13 @@ def forward_with_cache_hidden(
     attend_len: static; attend only to the first `attend_len` slots (every position in
       `positions_BxT` must be below it). Decoding a short prefix of a long cache then
       reads `attend_len` slots per step instead of the whole cache.
+    at_B: if given, the output is read at index at[b] of each row's new tokens only,
+      [B, 1, D], and the last block's query, attention and MLP run only there (every
+      new token's keys/values are still written to every layer's cache).
 
   Returns:
-    (the last block's output [B, T, D], before the final norm, and the updated cache);
-    `logits_from_hidden` turns the positions you need into logits.
+    (the last block's output [B, T, D] ([B, 1, D] with `at_B`), before the final norm,
+    and the updated cache); `logits_from_hidden` turns the positions you need into logits.
   """
   _check_tokens(tokens_BxT)
   b, _ = tokens_BxT.shape
@@ -354,14 +399,33 @@ def forward_with_cache_hidden(
   span = s if attend_len is None else min(attend_len, s)
   mask_BxTxS = jnp.arange(span)[None, None, :] <= positions_BxT[:, :, None]
   x = jnp.take(params["embed"], tokens_BxT, axis=0)
-  new_cache = []
-  for layer, layer_cache in zip(params["layers"], cache, strict=True):
-    h = rms_norm(x, layer["attn_norm"], config.norm_eps)
-    q, k, v = _project_qkv(config, layer, h, positions_BxT)
+
+  def write(layer_cache, k, v):
     ck = layer_cache["k"].at[rows_Bx1, slots_BxT].set(k.astype(layer_cache["k"].dtype), mode="drop")
     cv = layer_cache["v"].at[rows_Bx1, slots_BxT].set(v.astype(layer_cache["v"].dtype), mode="drop")
-    new_cache.append({"k": ck, "v": cv})
-    attn = _attention(config, q, ck[:, :span], cv[:, :span], mask_BxTxS)
+    return ck[:, :span], cv[:, :span], {"k": ck, "v": cv}
+
+  layers = list(zip(params["layers"], cache, strict=True))
+  if at_B is not None:
+    layers = layers[:-1]
+  new_cache = []
+  for layer, layer_cache in layers:
+    h = rms_norm(x, layer["attn_norm"], config.norm_eps)
+    q, k, v = _project_qkv(config, layer, h, positions_BxT)
+    keys, values, written = write(layer_cache, k, v)
+    new_cache.append(written)
+    attn = _attention(config, q, keys, values, mask_BxTxS)
     x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
     x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
-  return x, new_cache
+  if at_B is None:
+    return x, new_cache
+  x, written = _last_block_at(
+    config,
+    params["layers"][-1],
+    x,
+    positions_BxT,
+    at_B,
+    lambda k, v: write(cache[-1], k, v),
+    _take_positions(mask_BxTxS, at_B),
+  )
+  return x, [*new_cache, written]

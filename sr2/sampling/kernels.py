@@ -80,10 +80,10 @@ def score_after(
   feed = jnp.concatenate([state.tokens[rows, last][:, None], chunk_BxC], axis=1)
   pos_BxC = last[:, None] + t_C[None]
   valid = (t_C[None] <= chunk_len_B[:, None]) & (chunk_len_B[:, None] > 0)
-  hidden, cache = transformer.forward_with_cache_hidden(
-    model, params, feed, jnp.minimum(pos_BxC, span - 1), state.cache, valid, span
+  hidden_Bx1xD, cache = transformer.forward_with_cache_hidden(
+    model, params, feed, jnp.minimum(pos_BxC, span - 1), state.cache, valid, span, chunk_len_B
   )
-  scores = transformer.next_token_logprobs(model, params, hidden, chunk_len_B, choices_BxK)
+  scores = transformer.next_token_logprobs(model, params, hidden_Bx1xD, choices_BxK)
   return dataclasses.replace(state, cache=cache), scores
 
 
