@@ -14,7 +14,7 @@ import difflib
 import importlib.util
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -24,7 +24,8 @@ class ConfigError(ValueError):
   """A configuration field is unknown, missing or inconsistent."""
 
 
-def _as_dict(cfg: Any) -> dict[str, Any]:
+def as_dict(cfg: Any) -> dict[str, Any]:
+  """A ConfigDict (through its `to_dict`) or a mapping as a plain dict; ConfigError otherwise."""
   if hasattr(cfg, "to_dict"):
     return cfg.to_dict()
   if isinstance(cfg, Mapping):
@@ -66,7 +67,7 @@ def from_config(cls: type[T], cfg: Any, where: str, **overrides: Any) -> T:
   Returns:
     An instance of `cls`.
   """
-  values = _as_dict(cfg)
+  values = as_dict(cfg)
   values.update(overrides)
   field_names = {f.name for f in dataclasses.fields(cls) if f.init}
   check_keys(values.keys(), field_names, where)
@@ -78,9 +79,20 @@ def from_config(cls: type[T], cfg: Any, where: str, **overrides: Any) -> T:
     raise ConfigError(f"{where}: {e}") from None
 
 
-def to_dict(obj: Any) -> dict[str, Any]:
-  """A dataclass as a plain dict (for logging and JSON)."""
-  return dataclasses.asdict(obj)
+def is_int_at_least(value: Any, minimum: int) -> bool:
+  """Whether `value` is an int (a bool does not count) and at least `minimum`."""
+  return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_ints(
+  obj: Any, where: str, names: Iterable[str], minimum: int = 1, error: type[Exception] = ConfigError
+) -> None:
+  """Raises `error` "<where>.<name>=<value>; expected an int >= <minimum>" for the first field
+  of `obj` named in `names` that is not such an int (`__post_init__` checks of count fields)."""
+  for name in names:
+    value = getattr(obj, name)
+    if not is_int_at_least(value, minimum):
+      raise error(f"{where}.{name}={value!r}; expected an int >= {minimum}")
 
 
 def load_config_file(path: str | os.PathLike, arg: str | None = None):

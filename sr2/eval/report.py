@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sr2 import models
-from sr2.configlib import ConfigError
+from sr2.configlib import ConfigError, as_dict, is_int_at_least
 from sr2.eval.harness import EvalResult, eval_config, evaluate, resolve_datasets
 
 _COLUMNS = (
@@ -75,8 +75,7 @@ def write_results(
 
 
 def _jsonable(config: Any) -> dict[str, Any]:
-  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  return json.loads(json.dumps(d, default=str))
+  return json.loads(json.dumps(as_dict(config), default=str))
 
 
 def run_evaluation(
@@ -101,7 +100,7 @@ def run_evaluation(
   """
   spec, cfg = eval_config(config)  # typos and bad values fail before anything loads
   if limit is not None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+    if not is_int_at_least(limit, 0):
       raise ConfigError(f"limit={limit!r}; expected an int >= 0 (0 = all questions)")
     cfg = dataclasses.replace(cfg, limit=limit)
   resolve_datasets(cfg)

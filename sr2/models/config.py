@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sr2.configlib import ConfigError, check_keys
+from sr2.configlib import ConfigError, check_ints, check_keys
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 DTYPES = ("float32", "bfloat16")
@@ -62,10 +62,11 @@ class ModelConfig:
       )
     if self.dtype not in DTYPES:
       raise ConfigError(f"model.dtype={self.dtype!r}; expected one of {DTYPES}")
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"model.{name}={value!r}; expected a positive integer")
+    check_ints(
+      self,
+      "model",
+      ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"),
+    )
     if self.n_heads % self.n_kv_heads:
       raise ConfigError(
         f"model.n_heads={self.n_heads} is not a multiple of model.n_kv_heads={self.n_kv_heads}"
@@ -98,27 +99,29 @@ class ModelConfig:
     return self.vocab_size * d + self.n_layers * layer + d + head
 
 
-def _llama(**kw) -> ModelConfig:
-  return ModelConfig(arch="llama", **kw)
+# What the checkpoints of a Qwen family share, besides RoPE base 1e6.
+_QWEN_FAMILIES: dict[str, dict[str, Any]] = {
+  "qwen2": dict(qkv_bias=True, vocab_size=151936, norm_eps=1e-6, max_seq_len=32768),
+  "qwen3": dict(qk_norm=True, vocab_size=151936, norm_eps=1e-6, head_dim=128, max_seq_len=40960),
+}
+# The fields of a Qwen preset row, in order.
+_QWEN_ROW = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "tie_embeddings")
 
 
-def _qwen2(**kw) -> ModelConfig:
-  kw.setdefault("vocab_size", 151936)
-  return ModelConfig(
-    arch="qwen2", qkv_bias=True, rope_theta=1e6, head_dim=kw["d_model"] // kw["n_heads"], **kw
-  )
-
-
-def _qwen3(**kw) -> ModelConfig:
-  return ModelConfig(
-    arch="qwen3", qk_norm=True, rope_theta=1e6, norm_eps=1e-6, head_dim=128, vocab_size=151936, **kw
-  )
+def _qwen(arch: str, *row: Any, **overrides: Any) -> ModelConfig:
+  """A Qwen preset: `row` gives the `_QWEN_ROW` fields, `overrides` what the checkpoint does
+  not share with its family (`_QWEN_FAMILIES[arch]`); head_dim, where the family sets none
+  (Qwen2.5), is d_model / n_heads."""
+  fields = {**_QWEN_FAMILIES[arch], **dict(zip(_QWEN_ROW, row, strict=True)), **overrides}
+  fields.setdefault("head_dim", fields["d_model"] // fields["n_heads"])
+  return ModelConfig(arch=arch, rope_theta=1e6, **fields)
 
 
 # Shapes of the released checkpoints (their config.json); eps and tying as published.
 PRESETS: dict[str, ModelConfig] = {
   "tiny": ModelConfig(),
-  "smollm2-135m": _llama(
+  "smollm2-135m": ModelConfig(
+    arch="llama",
     vocab_size=49152,
     d_model=576,
     n_layers=30,
@@ -131,105 +134,17 @@ PRESETS: dict[str, ModelConfig] = {
     tie_embeddings=True,
     max_seq_len=8192,
   ),
-  "qwen2.5-0.5b": _qwen2(
-    d_model=896,
-    n_layers=24,
-    n_heads=14,
-    n_kv_heads=2,
-    d_ff=4864,
-    norm_eps=1e-6,
-    tie_embeddings=True,
-    max_seq_len=32768,
-  ),
-  "qwen2.5-1.5b": _qwen2(
-    d_model=1536,
-    n_layers=28,
-    n_heads=12,
-    n_kv_heads=2,
-    d_ff=8960,
-    norm_eps=1e-6,
-    tie_embeddings=True,
-    max_seq_len=32768,
-  ),
-  "qwen2.5-3b": _qwen2(
-    d_model=2048,
-    n_layers=36,
-    n_heads=16,
-    n_kv_heads=2,
-    d_ff=11008,
-    norm_eps=1e-6,
-    tie_embeddings=True,
-    max_seq_len=32768,
-  ),
-  "qwen2.5-7b": _qwen2(
-    vocab_size=152064,
-    d_model=3584,
-    n_layers=28,
-    n_heads=28,
-    n_kv_heads=4,
-    d_ff=18944,
-    norm_eps=1e-6,
-    tie_embeddings=False,
-    max_seq_len=32768,
-  ),
-  "qwen2.5-14b": _qwen2(
-    vocab_size=152064,
-    d_model=5120,
-    n_layers=48,
-    n_heads=40,
-    n_kv_heads=8,
-    d_ff=13824,
-    norm_eps=1e-5,
-    tie_embeddings=False,
-    max_seq_len=32768,
-  ),
-  "qwen2.5-32b": _qwen2(
-    vocab_size=152064,
-    d_model=5120,
-    n_layers=64,
-    n_heads=40,
-    n_kv_heads=8,
-    d_ff=27648,
-    norm_eps=1e-5,
-    tie_embeddings=False,
-    max_seq_len=32768,
-  ),
-  "qwen3-0.6b": _qwen3(
-    d_model=1024,
-    n_layers=28,
-    n_heads=16,
-    n_kv_heads=8,
-    d_ff=3072,
-    tie_embeddings=True,
-    max_seq_len=40960,
-  ),
-  "qwen3-1.7b": _qwen3(
-    d_model=2048,
-    n_layers=28,
-    n_heads=16,
-    n_kv_heads=8,
-    d_ff=6144,
-    tie_embeddings=True,
-    max_seq_len=40960,
-  ),
-  "qwen3-4b": _qwen3(
-    d_model=2560,
-    n_layers=36,
-    n_heads=32,
-    n_kv_heads=8,
-    d_ff=9728,
-    tie_embeddings=True,
-    max_seq_len=40960,
-  ),
-  "qwen3-8b": _qwen3(
-    d_model=4096,
-    n_layers=36,
-    n_heads=32,
-    n_kv_heads=8,
-    d_ff=12288,
-    tie_embeddings=False,
-    max_seq_len=40960,
-  ),
+  # _qwen(family, d_model, n_layers, n_heads, n_kv_heads, d_ff, tie_embeddings, **overrides)
+  "qwen2.5-0.5b": _qwen("qwen2", 896, 24, 14, 2, 4864, True),
+  "qwen2.5-1.5b": _qwen("qwen2", 1536, 28, 12, 2, 8960, True),
+  "qwen2.5-3b": _qwen("qwen2", 2048, 36, 16, 2, 11008, True),
+  "qwen2.5-7b": _qwen("qwen2", 3584, 28, 28, 4, 18944, False, vocab_size=152064),
+  "qwen2.5-14b": _qwen("qwen2", 5120, 48, 40, 8, 13824, False, vocab_size=152064, norm_eps=1e-5),
+  "qwen2.5-32b": _qwen("qwen2", 5120, 64, 40, 8, 27648, False, vocab_size=152064, norm_eps=1e-5),
+  "qwen3-0.6b": _qwen("qwen3", 1024, 28, 16, 8, 3072, True),
+  "qwen3-1.7b": _qwen("qwen3", 2048, 28, 16, 8, 6144, True),
+  "qwen3-4b": _qwen("qwen3", 2560, 36, 32, 8, 9728, True),
+  "qwen3-8b": _qwen("qwen3", 4096, 36, 32, 8, 12288, False),
 }
 
 

@@ -29,7 +29,13 @@ from sr2 import assets
 from sr2.models import transformer
 from sr2.models.config import ModelConfig
 from sr2.models.tokenizer import Tokenizer
-from sr2.models.weights import Model, WeightsError, params_from_hf
+from sr2.models.weights import (
+  Model,
+  WeightsError,
+  check_architecture,
+  family_config,
+  params_from_hf,
+)
 
 _CONVERTER_VERSION = 1
 
@@ -79,17 +85,14 @@ def read_gguf_metadata(reader) -> dict[str, Any]:
 
 def _config_from_gguf(meta: Mapping[str, Any], vocab_size: int, tied: bool) -> ModelConfig:
   arch = meta.get("general.architecture")
-  if arch not in ("llama", "qwen2", "qwen3"):
-    raise WeightsError(
-      f"unsupported GGUF architecture {arch!r}; sr2 supports llama, qwen2 and qwen3"
-    )
+  check_architecture(arch, f"GGUF architecture {arch!r}")
   g = lambda key, default=None: meta.get(f"{arch}.{key}", default)
   scaling = g("rope.scaling.type")
   if scaling not in (None, "none"):
     raise WeightsError(f"unsupported RoPE scaling {scaling!r}; only unscaled RoPE is implemented")
   d, n_heads = int(g("embedding_length")), int(g("attention.head_count"))
-  return ModelConfig(
-    arch=arch,
+  return family_config(
+    arch,
     vocab_size=vocab_size,
     d_model=d,
     n_layers=int(g("block_count")),
@@ -102,8 +105,6 @@ def _config_from_gguf(meta: Mapping[str, Any], vocab_size: int, tied: bool) -> M
     norm_eps=float(
       np.format_float_positional(np.float32(g("attention.layer_norm_rms_epsilon", 1e-6)))
     ),
-    qkv_bias=arch == "qwen2",
-    qk_norm=arch == "qwen3",
     tie_embeddings=tied,
     max_seq_len=int(g("context_length", 2048)),
   )
@@ -146,17 +147,19 @@ def convert_gguf(path: str | os.PathLike) -> tuple[ModelConfig, Any, Tokenizer]:
   return config, params, tokenizer
 
 
+def _flat_key(path) -> str:
+  """A pytree path as a dotted safetensors key, e.g. "layers.3.q"."""
+  return ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+
+
 def _flatten(params) -> dict[str, np.ndarray]:
-  flat = {}
-  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-    key = ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-    flat[key] = np.asarray(x)
-  return flat
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {_flat_key(path): np.asarray(x) for path, x in flat}
 
 
 def _unflatten(config: ModelConfig, flat: Mapping[str, Any]) -> Any:
   def leaf(path, _spec):
-    key = ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+    key = _flat_key(path)
     if key not in flat:
       raise WeightsError(f"cached params lack {key}; delete the cache entry and reload")
     return jnp.asarray(flat[key], jnp.dtype(config.dtype))

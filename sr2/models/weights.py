@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from sr2 import assets
 from sr2.models import transformer
-from sr2.models.config import ModelConfig, ModelSpec, preset
+from sr2.models.config import ARCHITECTURES, DTYPES, ModelConfig, ModelSpec, preset
 from sr2.models.tokenizer import Tokenizer
 
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
@@ -41,17 +41,27 @@ class Model:
   source: str
 
 
+def check_architecture(arch: Any, what: str) -> None:
+  """Raises WeightsError "unsupported <what>; ..." unless `arch` is one of ARCHITECTURES."""
+  if arch not in ARCHITECTURES:
+    raise WeightsError(f"unsupported {what}; sr2 supports llama, qwen2 and qwen3")
+
+
+def family_config(arch: str, **fields: Any) -> ModelConfig:
+  """The ModelConfig of a checkpoint of family `arch`, with the flags the family implies:
+  q/k/v biases for qwen2, q/k RMSNorm for qwen3."""
+  return ModelConfig(arch=arch, qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3", **fields)
+
+
 # --------------------------------------------------------------------------- HF names
 
 
 def config_from_hf(cfg: Mapping[str, Any], dtype: str = "float32") -> ModelConfig:
   """ModelConfig from an HF `config.json` dict (llama, qwen2, qwen3)."""
   arch = cfg.get("model_type")
-  if arch not in ("llama", "qwen2", "qwen3"):
-    raise WeightsError(
-      f"unsupported architecture model_type={arch!r} (architectures={cfg.get('architectures')}); "
-      "sr2 supports llama, qwen2 and qwen3"
-    )
+  check_architecture(
+    arch, f"architecture model_type={arch!r} (architectures={cfg.get('architectures')})"
+  )
   if cfg.get("hidden_act", "silu") != "silu":
     raise WeightsError(f"unsupported hidden_act={cfg['hidden_act']!r}; expected 'silu'")
   if cfg.get("mlp_bias"):
@@ -72,8 +82,8 @@ def config_from_hf(cfg: Mapping[str, Any], dtype: str = "float32") -> ModelConfi
     raise WeightsError("unsupported: use_sliding_window=true")
   theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
   n_heads = cfg["num_attention_heads"]
-  return ModelConfig(
-    arch=arch,
+  return family_config(
+    arch,
     vocab_size=cfg["vocab_size"],
     d_model=cfg["hidden_size"],
     n_layers=cfg["num_hidden_layers"],
@@ -83,8 +93,6 @@ def config_from_hf(cfg: Mapping[str, Any], dtype: str = "float32") -> ModelConfi
     d_ff=cfg["intermediate_size"],
     rope_theta=float(theta),
     norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-    qkv_bias=arch == "qwen2",
-    qk_norm=arch == "qwen3",
     tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),  # HF's default when absent
     max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
     dtype=dtype,
@@ -211,7 +219,7 @@ def load(spec: str | os.PathLike, dtype: str = "float32", seed: int = 0) -> Mode
   """
   from sr2.models.gguf import load_gguf  # gguf.py builds on this module
 
-  if dtype not in ("float32", "bfloat16"):
+  if dtype not in DTYPES:
     raise WeightsError(f"dtype={dtype!r}; expected 'float32' or 'bfloat16'")
   s = str(spec)
   if s.startswith("preset:"):

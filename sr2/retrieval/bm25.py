@@ -33,6 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from sr2.configlib import is_int_at_least
 from sr2.retrieval import scoring
 from sr2.retrieval.corpus import validate_passages
 
@@ -56,6 +57,11 @@ class BM25Error(ValueError):
   """Bad input to a BM25 index: a query, an argument, or a directory that is no index."""
 
 
+def _check_stopwords(stopwords: str | None) -> None:
+  if stopwords is not None and stopwords not in _STOPWORDS:
+    raise BM25Error(f"stopwords must be one of {sorted(_STOPWORDS)} or None, got {stopwords!r}")
+
+
 def tokenize(text: str, stopwords: str | None = "en") -> list[str]:
   """The one tokenizer for passages and queries.
 
@@ -70,8 +76,7 @@ def tokenize(text: str, stopwords: str | None = "en") -> list[str]:
   Returns:
     The tokens, in order.
   """
-  if stopwords is not None and stopwords not in _STOPWORDS:
-    raise BM25Error(f"stopwords must be one of {sorted(_STOPWORDS)} or None, got {stopwords!r}")
+  _check_stopwords(stopwords)
   tokens = _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
   if stopwords is None:
     return tokens
@@ -116,10 +121,7 @@ class BM25Config:
       raise BM25Error(f"k1 must be a finite number >= 0, got {self.k1!r}")
     if not isinstance(self.b, int | float) or not 0 <= self.b <= 1:
       raise BM25Error(f"b must be a number in [0, 1], got {self.b!r}")
-    if self.stopwords is not None and self.stopwords not in _STOPWORDS:
-      raise BM25Error(
-        f"stopwords must be one of {sorted(_STOPWORDS)} or None, got {self.stopwords!r}"
-      )
+    _check_stopwords(self.stopwords)
 
 
 class BM25Index:
@@ -136,7 +138,7 @@ class BM25Index:
     bounds_V: np.ndarray | None = None,
   ):
     """Use `build` or `load`; this wires prepared parts together."""
-    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+    if not is_int_at_least(cache_size, 0):
       raise BM25Error(f"cache_size must be an int >= 0, got {cache_size!r}")
     self.config = config
     self._vocab = vocab
@@ -236,10 +238,6 @@ class BM25Index:
     return SearchStats(
       self._hits, self._misses, len(self._cache), self._cache_maxsize, self._truncated
     )
-
-  def clear_cache(self) -> None:
-    """Empties the query cache; the counters are kept."""
-    self._cache.clear()
 
   def save(self, directory: str | os.PathLike) -> None:
     """Writes the index and its passages under `directory` (created if missing)."""

@@ -29,6 +29,7 @@ from typing import Protocol
 import jax
 import numpy as np
 
+from sr2.configlib import check_ints
 from sr2.data.prompts import judge_prompt, parse_judge_count
 from sr2.rewards.qa import normalize_answer
 
@@ -132,7 +133,10 @@ def process_rewards(verdicts: Sequence[Verdict]) -> np.ndarray:
 
 
 class Judge(Protocol):
-  """A process-reward judge: `verdicts` per trajectory, `__call__` their r_process."""
+  """A process-reward judge: `verdicts` per trajectory, `__call__` their r_process.
+
+  The judges here subclass it for its `__call__`.
+  """
 
   def verdicts(
     self, items: Sequence[JudgeItem], outcome: Sequence[float] | None = None
@@ -140,7 +144,8 @@ class Judge(Protocol):
 
   def __call__(
     self, items: Sequence[JudgeItem], outcome: Sequence[float] | None = None
-  ) -> np.ndarray: ...
+  ) -> np.ndarray:
+    return process_rewards(self.verdicts(items, outcome))
 
 
 def _outcome(items: Sequence[JudgeItem], outcome) -> np.ndarray:
@@ -178,7 +183,7 @@ def lexical_labels(item: JudgeItem) -> list[int]:
   return labels
 
 
-class LexicalJudge:
+class LexicalJudge(Judge):
   """The default judge (see the module docstring); it labels every item, outcome or not."""
 
   def verdicts(
@@ -191,13 +196,8 @@ class LexicalJudge:
       out.append(Verdict(sum(labels), len(labels), labels))
     return out
 
-  def __call__(
-    self, items: Sequence[JudgeItem], outcome: Sequence[float] | None = None
-  ) -> np.ndarray:
-    return process_rewards(self.verdicts(items, outcome))
 
-
-class LLMJudge:
+class LLMJudge(Judge):
   """The paper's judge prompt run greedily by an sr2 model (see the module docstring).
 
   Prompts are decoded `batch_size` at a time, each batch padded to `batch_size` rows so the
@@ -276,11 +276,6 @@ class LLMJudge:
         out[i] = Verdict(parse_judge_count(reply, m), m)
     return out
 
-  def __call__(
-    self, items: Sequence[JudgeItem], outcome: Sequence[float] | None = None
-  ) -> np.ndarray:
-    return process_rewards(self.verdicts(items, outcome))
-
 
 @dataclasses.dataclass(frozen=True)
 class ProcessConfig:
@@ -303,10 +298,7 @@ class ProcessConfig:
   def __post_init__(self):
     if self.judge not in JUDGES:
       raise ValueError(f"process.judge={self.judge!r}; expected one of {JUDGES}")
-    for name in ("max_new_tokens", "max_len", "batch_size"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"process.{name}={v!r}; expected an int >= 1")
+    check_ints(self, "process", ("max_new_tokens", "max_len", "batch_size"), error=ValueError)
     if self.max_new_tokens >= self.max_len:
       raise ValueError(
         f"process.max_new_tokens={self.max_new_tokens} leaves no room for the prompt in "

@@ -15,8 +15,10 @@ articles a/an/the, collapse whitespace) with deliberate unicode choices:
   equal. CJK text is kept as is; tokens are whitespace-separated, so an unspaced CJK answer
   is one token for F1 and cover-EM.
 
-A prediction that normalises to "" never scores: an empty `<answer></answer>` must not match
-a gold alias that happens to normalise to "" (e.g. "The The").
+The metrics `exact_match`, `f1` and `cover_em` take `pred`, the predicted answer or None
+(no answer, which scores 0), and `golds`, one gold answer or a non-empty sequence of its
+aliases. A prediction that normalises to "" never scores: an empty `<answer></answer>`
+must not match a gold alias that happens to normalise to "" (e.g. "The The").
 """
 
 from __future__ import annotations
@@ -76,26 +78,19 @@ def _normalized_golds(golds: str | Iterable[str]) -> tuple[str, ...]:
   return tuple(normalize_answer(g) for g in golds)
 
 
-def _normalized_pred(pred: str | None) -> str:
+def _normalized(pred: str | None, golds: str | Iterable[str]) -> tuple[str, tuple[str, ...]]:
+  """A metric's validated, normalised `(pred, golds)`; None as `pred` becomes ""."""
+  norm_golds = _normalized_golds(golds)
   if pred is None:
-    return ""
+    return "", norm_golds
   if not isinstance(pred, str):
     raise TypeError(f"pred must be a str or None, got {type(pred).__name__}")
-  return normalize_answer(pred)
+  return normalize_answer(pred), norm_golds
 
 
 def exact_match(pred: str | None, golds: str | Iterable[str]) -> float:
-  """1.0 if the normalised prediction equals any normalised gold, else 0.0.
-
-  Args:
-    pred: the predicted answer; None (no answer) scores 0.
-    golds: one gold answer or its aliases; must be non-empty.
-
-  Returns:
-    1.0 or 0.0.
-  """
-  norm_golds = _normalized_golds(golds)
-  norm_pred = _normalized_pred(pred)
+  """1.0 if the normalised prediction equals any normalised gold, else 0.0."""
+  norm_pred, norm_golds = _normalized(pred, golds)
   return float(bool(norm_pred) and norm_pred in norm_golds)
 
 
@@ -116,17 +111,9 @@ def f1(pred: str | None, golds: str | Iterable[str]) -> float:
   Tokens are the whitespace-separated words after `normalize_answer`, counted as a
   multiset (SQuAD). As in HotpotQA's and FlashRAG's scorers, when either side normalises to
   "yes", "no" or "noanswer" and the two differ, F1 is 0. A prediction or gold without tokens
-  scores 0 (SQuAD v1.1).
-
-  Args:
-    pred: the predicted answer; None (no answer) scores 0.
-    golds: one gold answer or its aliases; must be non-empty.
-
-  Returns:
-    F1 in [0, 1].
+  scores 0 (SQuAD v1.1). The result lies in [0, 1].
   """
-  norm_golds = _normalized_golds(golds)
-  norm_pred = _normalized_pred(pred)
+  norm_pred, norm_golds = _normalized(pred, golds)
   return max(_f1_tokens(norm_pred, g) for g in norm_golds)
 
 
@@ -135,16 +122,9 @@ def cover_em(pred: str | None, golds: str | Iterable[str]) -> float:
 
   "paris" covers "the capital is paris" but not "parisian". Golds that normalise to ""
   cover nothing.
-
-  Args:
-    pred: the predicted answer; None (no answer) scores 0.
-    golds: one gold answer or its aliases; must be non-empty.
-
-  Returns:
-    1.0 or 0.0.
   """
-  norm_golds = _normalized_golds(golds)
-  padded = f" {_normalized_pred(pred)} "
+  norm_pred, norm_golds = _normalized(pred, golds)
+  padded = f" {norm_pred} "
   return float(any(g and f" {g} " in padded for g in norm_golds))
 
 

@@ -30,6 +30,16 @@ from sr2.sampling.state import (
 )
 
 
+def _reopened(state: SamplingState, rows_B) -> dict[str, jax.Array]:
+  """The `done`, `finish` and `stop_state` fields of `state` with the rows where `rows_B` is
+  True running again (not done, no finish reason, no stop string begun)."""
+  return dict(
+    done=jnp.where(rows_B, False, state.done),
+    finish=jnp.where(rows_B, RUNNING, state.finish),
+    stop_state=jnp.where(rows_B[:, None], 0, state.stop_state),
+  )
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnames=("state",))
 def extend(model: ModelConfig, span: int, params, state: SamplingState, chunk_BxC, chunk_len_B):
   b, c = chunk_BxC.shape
@@ -49,16 +59,13 @@ def extend(model: ModelConfig, span: int, params, state: SamplingState, chunk_Bx
   _, cache = transformer.forward_with_cache(
     model, params, feed, jnp.minimum(pos_BxC, span - 1), state.cache, feed_valid, span
   )
-  touched = chunk_len_B > 0
   return dataclasses.replace(
     state,
     tokens=tokens,
     logprobs=logprobs,
     lengths=new,
-    done=jnp.where(touched, False, state.done),
-    finish=jnp.where(touched, RUNNING, state.finish),
-    stop_state=jnp.where(touched[:, None], 0, state.stop_state),
     cache=cache,
+    **_reopened(state, chunk_len_B > 0),
   )
 
 
@@ -96,9 +103,7 @@ def truncate(state: SamplingState, new_len_B, mask_B):
     tokens=jnp.where(keep, state.tokens, 0),
     logprobs=jnp.where(keep, state.logprobs, 0.0),
     lengths=lengths,
-    done=jnp.where(mask_B, False, state.done),
-    finish=jnp.where(mask_B, RUNNING, state.finish),
-    stop_state=jnp.where(mask_B[:, None], 0, state.stop_state),
+    **_reopened(state, mask_B),
   )
 
 

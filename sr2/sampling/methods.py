@@ -14,6 +14,11 @@ import jax
 import jax.numpy as jnp
 
 
+def _check_temperature(temperature: float) -> None:
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Greedy:
   """argmax of the logits."""
@@ -26,8 +31,7 @@ class Temperature:
   temperature: float = 1.0
 
   def __post_init__(self):
-    if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    _check_temperature(self.temperature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +44,7 @@ class TopK:
   def __post_init__(self):
     if not isinstance(self.k, int) or self.k < 1:
       raise ValueError(f"top-k needs k >= 1, got {self.k!r}")
-    if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    _check_temperature(self.temperature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +57,7 @@ class TopP:
   def __post_init__(self):
     if not 0 < self.p <= 1:
       raise ValueError(f"top-p needs 0 < p <= 1, got {self.p}")
-    if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    _check_temperature(self.temperature)
 
 
 Method = Greedy | Temperature | TopK | TopP
@@ -112,10 +114,13 @@ def sample(
   raw = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
   if isinstance(method, Greedy):
     tokens = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    lp = jnp.take_along_axis(raw, tokens[:, None], axis=-1)[:, 0]
+    lp = _pick(raw, tokens)
     return tokens, lp, lp
   dist = jax.nn.log_softmax(filtered_logits(method, logits_BxV), axis=-1)
   tokens = jax.random.categorical(rng, dist, axis=-1).astype(jnp.int32)
-  lp = jnp.take_along_axis(dist, tokens[:, None], axis=-1)[:, 0]
-  raw_lp = jnp.take_along_axis(raw, tokens[:, None], axis=-1)[:, 0]
-  return tokens, lp, raw_lp
+  return tokens, _pick(dist, tokens), _pick(raw, tokens)
+
+
+def _pick(logprobs_BxV: jax.Array, tokens_B: jax.Array) -> jax.Array:
+  """Each row's log-prob of its token, [B]."""
+  return jnp.take_along_axis(logprobs_BxV, tokens_B[:, None], axis=-1)[:, 0]
