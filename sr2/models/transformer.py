@@ -35,14 +35,8 @@ def _dtype(config: ModelConfig):
 
 def param_shapes(config: ModelConfig) -> Params:
   """The params pytree as `(shape, logical_axes)` leaves (tuples), for init and sharding."""
-  d, h, k, dh, f, v = (
-    config.d_model,
-    config.n_heads,
-    config.n_kv_heads,
-    config.head_dim,
-    config.d_ff,
-    config.vocab_size,
-  )
+  d, h, k = config.d_model, config.n_heads, config.n_kv_heads
+  dh, f, v = config.head_dim, config.d_ff, config.vocab_size
   layer = {
     "attn_norm": ((d,), ("embed",)),
     "q": ((d, h, dh), ("embed", "heads", "head_dim")),
@@ -153,11 +147,8 @@ def _causal_attention(config, q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, block: int):
   for start in range(0, t, block):
     end = min(start + block, t)
     mask_1xCxE = (jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None])[None]
-    outs.append(
-      _attention(
-        config, q_BxTxHxDh[:, start:end], k_BxTxKxDh[:, :end], v_BxTxKxDh[:, :end], mask_1xCxE
-      )
-    )
+    q, k, v = q_BxTxHxDh[:, start:end], k_BxTxKxDh[:, :end], v_BxTxKxDh[:, :end]
+    outs.append(_attention(config, q, k, v, mask_1xCxE))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
@@ -174,32 +165,10 @@ def _project(config, layer, x_BxTxD, positions_BxT, name: str):
   return rope(y, positions_BxT, config.rope_theta)
 
 
-def _project_qkv(config, layer, x_BxTxD, positions_BxT):
-  return tuple(_project(config, layer, x_BxTxD, positions_BxT, n) for n in ("q", "k", "v"))
-
-
 def _take_positions(x_BxTx___: jax.Array, at_B: jax.Array) -> jax.Array:
   """x[b, at[b]] for every row, keeping a time axis of 1: [B, 1, ...]."""
   idx = at_B.reshape((-1, 1) + (1,) * (x_BxTx___.ndim - 2))
   return jnp.take_along_axis(x_BxTx___, idx, axis=1)
-
-
-def _last_block_at(config, layer, x_BxTxD, positions_BxT, at_B, kv, mask_Bx1xS):
-  """The last decoder block at one position per row (at[b]), the only one read after it.
-
-  `kv(k_BxTxKxDh, v_BxTxKxDh)` gives the keys/values that position attends to (the T new
-  ones, or the cache after writing them) and what to return with them. Every position's
-  keys and values are still computed, but the query, attention output, output projection
-  and MLP run on one position instead of T: the same values as the full block there.
-  """
-  h = rms_norm(x_BxTxD, layer["attn_norm"], config.norm_eps)
-  k = _project(config, layer, h, positions_BxT, "k")
-  v = _project(config, layer, h, positions_BxT, "v")
-  keys, values, extra = kv(k, v)
-  q = _project(config, layer, _take_positions(h, at_B), _take_positions(positions_BxT, at_B), "q")
-  x = _take_positions(x_BxTxD, at_B)
-  x = x + jnp.einsum("bthk,hkd->btd", _attention(config, q, keys, values, mask_Bx1xS), layer["o"])
-  return x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps)), extra
 
 
 def _mlp(layer, x_BxTxD):
@@ -248,6 +217,33 @@ def _check_tokens(tokens) -> None:
     raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
 
 
+def _decode(config, params, tokens_BxT, positions_BxT, attend, at_B) -> jax.Array:
+  """Embeds the tokens and runs every decoder block: the residual stream after the last.
+
+  `attend(i, q_BxTqxHxDh, k_BxTxKxDh, v_BxTxKxDh, at)` is block i's attention output
+  [B, Tq, H, Dh] over the T new keys/values (or a cache after writing them there); `at` is
+  `at_B` in the last block when it is given, else None.
+
+  With `at_B`, the last block runs at one position per row (at[b]), the only one read after
+  it, and the result is [B, 1, D]: every position's keys and values are still computed, but
+  the query, attention output, output projection and MLP run on one position instead of T
+  (Tq = 1), the same values as the full block there.
+  """
+  x = jnp.take(params["embed"], tokens_BxT, axis=0)
+  for i, layer in enumerate(params["layers"]):
+    at = at_B if i == len(params["layers"]) - 1 else None
+    h = rms_norm(x, layer["attn_norm"], config.norm_eps)
+    if at is None:
+      q, k, v = (_project(config, layer, h, positions_BxT, name) for name in ("q", "k", "v"))
+    else:
+      k, v = (_project(config, layer, h, positions_BxT, name) for name in ("k", "v"))
+      q = _project(config, layer, _take_positions(h, at), _take_positions(positions_BxT, at), "q")
+      x = _take_positions(x, at)
+    x = x + jnp.einsum("bthk,hkd->btd", attend(i, q, k, v, at), layer["o"])
+    x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
+  return x
+
+
 # --------------------------------------------------------------------------- forward
 
 
@@ -271,7 +267,7 @@ def forward_hidden(
       default, attention is computed block by block below the diagonal
       (`_causal_attention`); explicit positions take the full masked path.
     at_B: if given, only the residual stream at index at[b] of each row is returned,
-      [B, 1, D], and the last block runs only there (`_last_block_at`): one block in
+      [B, 1, D], and the last block runs only there (`_decode`): one block in
       n_layers less work when only one position is read, as in scoring next tokens.
 
   Returns:
@@ -285,26 +281,16 @@ def forward_hidden(
   else:
     mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
   block = causal_block(tokens_BxT.shape[1])
-  x = jnp.take(params["embed"], tokens_BxT, axis=0)
-  layers = params["layers"]
-  if at_B is not None:
-    layers = layers[:-1]
-  for layer in layers:
-    h = rms_norm(x, layer["attn_norm"], config.norm_eps)
-    q, k, v = _project_qkv(config, layer, h, positions_BxT)
+
+  def attend(i, q, k, v, at):
+    if at is not None:
+      mask_Bx1xT = positions_BxT[:, None, :] <= _take_positions(positions_BxT, at)[:, :, None]
+      return _attention(config, q, k, v, mask_Bx1xT)
     if causal:
-      attn = _causal_attention(config, q, k, v, block)
-    else:
-      attn = _attention(config, q, k, v, mask_BxTxT)
-    x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
-    x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
-  if at_B is None:
-    return x
-  mask_Bx1xT = positions_BxT[:, None, :] <= _take_positions(positions_BxT, at_B)[:, :, None]
-  x, _ = _last_block_at(
-    config, params["layers"][-1], x, positions_BxT, at_B, lambda k, v: (k, v, None), mask_Bx1xT
-  )
-  return x
+      return _causal_attention(config, q, k, v, block)
+    return _attention(config, q, k, v, mask_BxTxT)
+
+  return _decode(config, params, tokens_BxT, positions_BxT, attend, at_B)
 
 
 def forward(
@@ -317,9 +303,8 @@ def forward(
 
   The arguments are `forward_hidden`'s; right padding never affects real tokens.
   """
-  return logits_from_hidden(
-    config, params, forward_hidden(config, params, tokens_BxT, positions_BxT)
-  )
+  x = forward_hidden(config, params, tokens_BxT, positions_BxT)
+  return logits_from_hidden(config, params, x)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> Cache:
@@ -390,42 +375,23 @@ def forward_with_cache_hidden(
     and the updated cache); `logits_from_hidden` turns the positions you need into logits.
   """
   _check_tokens(tokens_BxT)
-  b, _ = tokens_BxT.shape
+  if len(cache) != len(params["layers"]):
+    raise ValueError(f"cache has {len(cache)} layers, params {len(params['layers'])}")
   s = cache[0]["k"].shape[1]
   slots_BxT = positions_BxT
   if write_mask_BxT is not None:
     slots_BxT = jnp.where(write_mask_BxT, positions_BxT, s)  # out of range: dropped
-  rows_Bx1 = jnp.arange(b)[:, None]
+  rows_Bx1 = jnp.arange(tokens_BxT.shape[0])[:, None]
   span = s if attend_len is None else min(attend_len, s)
   mask_BxTxS = jnp.arange(span)[None, None, :] <= positions_BxT[:, :, None]
-  x = jnp.take(params["embed"], tokens_BxT, axis=0)
-
-  def write(layer_cache, k, v):
-    ck = layer_cache["k"].at[rows_Bx1, slots_BxT].set(k.astype(layer_cache["k"].dtype), mode="drop")
-    cv = layer_cache["v"].at[rows_Bx1, slots_BxT].set(v.astype(layer_cache["v"].dtype), mode="drop")
-    return ck[:, :span], cv[:, :span], {"k": ck, "v": cv}
-
-  layers = list(zip(params["layers"], cache, strict=True))
-  if at_B is not None:
-    layers = layers[:-1]
   new_cache = []
-  for layer, layer_cache in layers:
-    h = rms_norm(x, layer["attn_norm"], config.norm_eps)
-    q, k, v = _project_qkv(config, layer, h, positions_BxT)
-    keys, values, written = write(layer_cache, k, v)
-    new_cache.append(written)
-    attn = _attention(config, q, keys, values, mask_BxTxS)
-    x = x + jnp.einsum("bthk,hkd->btd", attn, layer["o"])
-    x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
-  if at_B is None:
-    return x, new_cache
-  x, written = _last_block_at(
-    config,
-    params["layers"][-1],
-    x,
-    positions_BxT,
-    at_B,
-    lambda k, v: write(cache[-1], k, v),
-    _take_positions(mask_BxTxS, at_B),
-  )
-  return x, [*new_cache, written]
+
+  def attend(i, q, k, v, at):
+    """Writes block i's new keys/values into its cache, then attends to the first `span` slots."""
+    ck = cache[i]["k"].at[rows_Bx1, slots_BxT].set(k.astype(cache[i]["k"].dtype), mode="drop")
+    cv = cache[i]["v"].at[rows_Bx1, slots_BxT].set(v.astype(cache[i]["v"].dtype), mode="drop")
+    new_cache.append({"k": ck, "v": cv})
+    mask = mask_BxTxS if at is None else _take_positions(mask_BxTxS, at)
+    return _attention(config, q, ck[:, :span], cv[:, :span], mask)
+
+  return _decode(config, params, tokens_BxT, positions_BxT, attend, at_B), new_cache
