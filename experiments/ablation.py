@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 
 from sr2.configlib import load_config_file
-from sr2.rl import ablation
+from sr2.train import ablation
 
 _ROOT = flags.DEFINE_string("root", None, "Directory of the runs (ROOT/ARM/seedN).", required=True)
 _OUT = flags.DEFINE_string("out", None, "Results stem: writes OUT.json and OUT.md.", required=True)

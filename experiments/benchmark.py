@@ -11,11 +11,11 @@ Names:
 import sys
 
 BENCHMARKS = {
-  "sampler": "sr2.sampling.benchmark:sampler_benchmark",
-  "retrieval": "sr2.retrieval.benchmark:retrieval_benchmark",
-  "refiner": "sr2.rl.benchmark:refiner_benchmark",
-  "forward": "sr2.models.benchmark:forward_benchmark",
-  "update": "sr2.rl.benchmark:update_benchmark",
+  "sampler": "sr2.benchmarks.sampler:sampler_benchmark",
+  "retrieval": "sr2.benchmarks.retrieval:retrieval_benchmark",
+  "refiner": "sr2.benchmarks.training:refiner_benchmark",
+  "forward": "sr2.benchmarks.forward:forward_benchmark",
+  "update": "sr2.benchmarks.training:update_benchmark",
 }
 
 

@@ -5,7 +5,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from sr2.rl.job import train_and_evaluate
+from sr2.train.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(

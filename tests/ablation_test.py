@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sr2.rl import ablation
+from sr2.train import ablation
 
 
 def _run(path, before, after, steps=(), hops=(0.5, 0.25, 0.0)):
@@ -89,7 +89,7 @@ def test_seed_mean_std_and_markdown(tmp_path):
 def test_run_arms_trains_what_is_missing_and_checks_reused_runs(tmp_path, monkeypatch):
   import ml_collections
 
-  from sr2.rl import job
+  from sr2.train import loop as job
 
   calls = []
 

@@ -234,7 +234,7 @@ def test_configs_parse(name):
     (lambda c: c.rollout.__setattr__("top_kk", 4), "did you mean 'top_k'"),
     (lambda c: c.__setattr__("evals", 1), "unknown field 'config.evals'"),
     (lambda c: c.eval.__setattr__("methods", ("direct", "react")), "eval.methods"),
-    (lambda c: c.eval.__setattr__("datasets", ("toy",)), "multihop/<set> or qa/<name>"),
+    (lambda c: c.eval.__setattr__("datasets", ("toy",)), "qa/<name> or multihop/<set>"),
     (lambda c: c.eval.__setattr__("datasets", ("qa/toy",)), "needs eval.corpora.toy"),
     (lambda c: c.eval.__setattr__("data_root", "/nonexistent/sr2"), "is not a directory"),
     (lambda c: c.sampling.__setattr__("stop_strings", ("x",)), "per method"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sr2.configlib import ConfigError
-from sr2.rl import grpo
+from sr2.rl import grpo, logprobs
 
 LN2 = math.log(2.0)
 
@@ -163,12 +163,13 @@ def test_entropy_and_token_logprobs():
   # Masked mean over both: (ln 4 + ln 2) / 2 = 1.5 ln 2.
   logits = np.array([[[0.0, 0.0, 0.0, 0.0]], [[1.0, 1.0, -np.inf, -np.inf]]], np.float32)
   mask = np.ones((2, 1), np.float32)
-  ent, grad = jax.jit(jax.value_and_grad(grpo.entropy_from_logits))(logits, mask)
+  mean_entropy = lambda lg, m: grpo.masked_mean(logprobs.token_entropy(lg, m), m)
+  ent, grad = jax.jit(jax.value_and_grad(mean_entropy))(logits, mask)
   np.testing.assert_allclose(ent, 1.5 * LN2, rtol=1e-6)
   assert np.all(np.isfinite(grad))
   # logits (0, ln 3): softmax (1/4, 3/4); log p of target 1 = ln 0.75, of target 0 = ln 0.25.
   lg = np.array([[[0.0, math.log(3.0)], [0.0, math.log(3.0)]]], np.float32)
-  lp = jax.jit(grpo.token_logprobs)(lg, np.array([[1, 0]]))
+  lp = jax.jit(logprobs.target_logprobs)(lg, np.array([[1, 0]]))
   np.testing.assert_allclose(lp, [[math.log(0.75), math.log(0.25)]], rtol=1e-6)
 
 

@@ -1,6 +1,7 @@
 """Chunked next-token log-probs: same values and gradients as the full-logits path, less memory."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 
 from sr2.models import transformer
 from sr2.models.config import ModelConfig
-from sr2.rl import grpo, logprobs, sft
+from sr2.rl import grpo, logprobs
 
 B, T = 3, 13  # T - 1 = 12 scored positions
 
@@ -45,14 +46,15 @@ def test_forward_is_head_of_forward_hidden():
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_plain_path_is_sft_token_logprobs(tie):
+def test_plain_path_is_forward_then_target_logprobs(tie):
   config, params = _model(tie)
   tokens, mask = _batch(config.vocab_size)
   logp, ent = _both(config, params, tokens, None, mask)
   # Jitted vs eager: same math, rounding may differ in the last bit.
-  np.testing.assert_allclose(logp, sft.token_logprobs(config, params, tokens), rtol=1e-6)
   logits = transformer.forward(config, params, tokens[:, :-1])
-  np.testing.assert_allclose(ent, grpo.entropy_from_logits(logits, mask), rtol=1e-6)
+  np.testing.assert_allclose(logp, logprobs.target_logprobs(logits, tokens[:, 1:]), rtol=1e-6)
+  h = logprobs.token_entropy(logits, mask)
+  np.testing.assert_allclose(ent, grpo.masked_mean(h, mask), rtol=1e-6)
   assert logp.dtype == jnp.float32 and logp.shape == (B, T - 1)
 
 
@@ -108,12 +110,14 @@ def test_bfloat16_chunked_as_accurate_as_plain():
   assert err(got_ent, ref_ent) <= 1.5 * err(plain_ent, ref_ent) + 1e-2
 
 
-def test_token_entropy_is_nan_safe_like_grpo():
+def test_token_entropy_is_nan_safe():
   # Row 0: a -inf logit (p = 0, must add 0, not NaN); row 1: garbage, masked out.
+  # p = softmax(0, 1, -inf) = (1, e) / (1 + e); H = ln(1 + e) - e / (1 + e).
   logits = jnp.array([[[0.0, 1.0, -jnp.inf], [jnp.nan, jnp.inf, 2.0]]])
   mask = jnp.array([[1, 0]])
-  mean = lambda x: grpo.masked_mean(logprobs._token_entropy(x, mask), mask)
-  np.testing.assert_allclose(mean(logits), grpo.entropy_from_logits(logits, mask), rtol=1e-6)
+  mean = lambda x: grpo.masked_mean(logprobs.token_entropy(x, mask), mask)
+  e = math.e
+  np.testing.assert_allclose(mean(logits), math.log(1 + e) - e / (1 + e), rtol=1e-6)
   grad = jax.grad(mean)(logits)
   assert np.isfinite(np.asarray(grad)).all()
 

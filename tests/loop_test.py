@@ -1,5 +1,6 @@
 """The training job end to end at toy sizes: phases, outputs and exact resume."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from sr2.configlib import ConfigError, load_config_file
-from sr2.rl.job import load_state, train_and_evaluate
+from sr2.train.loop import load_state, train_and_evaluate
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
@@ -56,8 +57,8 @@ def test_resume_gives_identical_params(straight, tmp_path):
   assert [r["step"] for r in rows if r["phase"] == "rl"] == [1, 2]
   assert sum(r["phase"] == "sft" and r["step"] == 0 for r in rows) == 1
   a, b = load_state(_config(2), str(workdir)), load_state(_config(2), str(tmp_path))
-  assert a["step"] == b["step"] == 2
-  a["rng"], b["rng"] = jax.random.key_data(a["rng"]), jax.random.key_data(b["rng"])
+  assert a.step == b.step == 2
+  a, b = (dict(x.as_dict(), rng=jax.random.key_data(x.rng)) for x in (a, b))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   want = [r for r in _rows(workdir) if r["phase"] == "rl"][-1]
@@ -91,8 +92,8 @@ def test_stop_short_out_of_range_is_named(tmp_path):
 
 
 def test_world_demonstrations_mix_gold_and_stop_short():
-  from sr2.rl import sft
-  from sr2.rl.task import build_task
+  from sr2.train import sft
+  from sr2.train.task import build_task
 
   c = _config(1)
   c.data.stop_short = 0.6
@@ -114,8 +115,8 @@ _KILLED_CHILD = textwrap.dedent(
   import os, signal, sys
   sys.path.insert(0, "tests")
   from sr2 import checkpoint
-  from trainer_test import _config
-  from sr2.rl.job import train_and_evaluate
+  from loop_test import _config
+  from sr2.train.loop import train_and_evaluate
 
   save = checkpoint.Checkpointer.save
   def save_then_die(self, step, state, **kw):
@@ -145,7 +146,7 @@ def test_kill9_during_a_save_then_resume(straight, tmp_path):
   assert got["em_after_rl"] == want["em_after_rl"]
   assert not list(ckpts.glob("*.orbax-checkpoint-tmp*"))
   a, b = load_state(_config(2), str(workdir)), load_state(_config(2), str(tmp_path))
-  a["rng"], b["rng"] = jax.random.key_data(a["rng"]), jax.random.key_data(b["rng"])
+  a, b = (dict(x.as_dict(), rng=jax.random.key_data(x.rng)) for x in (a, b))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # Every RL step is logged once, with the straight run's values.
@@ -209,7 +210,7 @@ def test_arms_differ_in_their_switches():
 
 @pytest.mark.parametrize("backbone", ["smollm2", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct"])
 def test_paper_and_smollm2_configs_validate(backbone):
-  from sr2.rl.trainer import batch_rows, check_config
+  from sr2.train.setup import batch_rows, check_config
 
   typed = check_config(load_config_file(CONFIGS / "search_r2.py", f"{backbone},search_r1"))
   if backbone != "smollm2":  # PAPER.md §4: G=5, 512 prompts, 300 steps, lr 1e-6, KL 0.001
@@ -230,3 +231,63 @@ def test_init_from_shares_the_warm_start(straight, tmp_path):
   assert not [r for r in _rows(tmp_path) if r["phase"] == "sft"]  # no SFT of its own
   with pytest.raises(ConfigError, match="keep_warm_start"):
     train_and_evaluate(_config(1), str(tmp_path / "other"), init_from=str(tmp_path))
+
+
+def _golden_step(workdir):
+  """One GRPO step of the smoke config after its SFT warm start, seed 0.
+
+  The smoke warm start never answers right, so every group would have equal rewards and
+  the update would not move; the reward is shaped to vary within groups (EM + 0.1 per
+  search + 0.01 per turn), so the step's loss, gradient and KL are non-zero.
+  """
+  from sr2.train import loop
+  from sr2.train.metrics import MetricWriter
+  from sr2.train.state import fresh_state
+
+  s = loop.setup(_config(1))
+  writer = MetricWriter(workdir, tensorboard=False, console=False)
+  state = loop._warm_start(s, fresh_state(s), writer)
+  fns = loop.step_fns(s)
+  real = fns.reward_fn
+
+  def shaped(questions, trajs):
+    outcome, process, _ = real(questions, trajs)
+    extra = np.asarray([0.1 * t.num_searches + 0.01 * t.num_turns for t in trajs])
+    return outcome, process, outcome + extra
+
+  fns = dataclasses.replace(fns, reward_fn=shaped)
+  return loop.grpo_step(s, fns, state)
+
+
+def test_train_step_golden(tmp_path):
+  state, row = _golden_step(tmp_path)
+  assert state.step == 1
+  # What a change in each means:
+  # - batch_rows / batch_len: how the step's rows are laid out (collection, batch assembly).
+  # - reward / searches / turns: the rollout itself (sampler, protocol, retriever, seed use).
+  # - loss, grad_norm, kl_loss, clip_frac: the update's math (log-probs, GRPO loss, micro-
+  #   batches) on the same rollouts; a float reassociation moves them by ~1e-6 relative.
+  want = GOLDEN
+  assert row["batch_rows"] == want["batch_rows"], "the batch's composition changed"
+  assert row["batch_len"] == want["batch_len"], "the batch's length bucket changed"
+  for key in ("reward", "em", "searches", "turns", "response_tokens"):
+    assert row[key] == pytest.approx(want[key], abs=1e-9), f"the rollout changed: {key}"
+  for key in ("loss", "grad_norm", "kl_loss", "entropy"):
+    assert row[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), f"the update changed: {key}"
+
+
+# From `python -c "import sys; sys.path.insert(0, 'tests'); import loop_test, json, tempfile;
+# print(json.dumps(loop_test._golden_step(tempfile.mkdtemp())[1]))"` on the 2-core CPU.
+GOLDEN = {
+  "batch_rows": 8.0,
+  "batch_len": 768.0,
+  "reward": 0.03875,
+  "em": 0.0,
+  "searches": 0.0,
+  "turns": 3.875,
+  "response_tokens": 165.125,
+  "loss": 2.3096799850463867e-07,  # ratio = 1 at the first step: -mean(adv) ~ 0
+  "grad_norm": 0.262238472700119,
+  "kl_loss": 0.0,  # params = reference at the first step
+  "entropy": 6.866158962249756,
+}

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sr2.rl.metrics import MetricWriter, curves_figure, plot_curves, read_metrics
+from sr2.train.metrics import MetricWriter, curves_figure, plot_curves, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -4,7 +4,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sr2 import agent
 from sr2.agent import protocol
 from sr2.agent.protocol import (
   Turn,
@@ -18,20 +17,11 @@ from sr2.data import prompts
 from sr2.rewards import extract_answer
 
 
-def test_tags_match_the_prompts():
-  for name in (
-    "THINK_OPEN",
-    "THINK_CLOSE",
-    "SEARCH_OPEN",
-    "SEARCH_CLOSE",
-    "INFO_OPEN",
-    "INFO_CLOSE",
-    "ANSWER_OPEN",
-    "ANSWER_CLOSE",
-    "STOP_STRINGS",
-  ):
-    assert getattr(protocol, name) == getattr(prompts, name), name
-  assert agent.STOP_STRINGS == ("</search>", "</answer>")
+def test_tags_have_one_home():
+  assert prompts.STOP_STRINGS == (prompts.SEARCH_CLOSE, prompts.ANSWER_CLOSE)
+  assert prompts.STOP_STRINGS == ("</search>", "</answer>")
+  # The protocol reads the tags from sr2.data.prompts and defines none of its own.
+  assert not any(hasattr(protocol, name) for name in ("SEARCH_OPEN", "STOP_STRINGS", "TAGS"))
 
 
 # (chunk, kind, query or answer, think, substring of error or note)
@@ -174,7 +164,7 @@ def test_cut_before_step():
       cut_before_step(response, bad)
 
 
-_FRAGMENTS = list(protocol.TAGS) + [
+_FRAGMENTS = list(prompts.TAGS) + [
   "<",
   ">",
   "</",
@@ -202,9 +192,9 @@ def test_fuzz_never_raises(text):
   turn = parse_turn(text, max_query_chars=16)
   assert isinstance(turn, Turn) and 0 <= turn.end <= len(text)
   if turn.kind == "search":
-    assert turn.query and len(turn.query) <= 16 and not any(t in turn.query for t in agent.TAGS)
+    assert turn.query and len(turn.query) <= 16 and not any(t in turn.query for t in prompts.TAGS)
   elif turn.kind == "answer":
-    assert turn.answer and not any(t in turn.answer for t in agent.TAGS)
+    assert turn.answer and not any(t in turn.answer for t in prompts.TAGS)
   else:
     assert turn.kind == "invalid" and turn.error
     invalid_action_feedback(turn)

@@ -7,16 +7,9 @@ import numpy as np
 import pytest
 
 from sr2 import models
-from sr2.agent import refiner, refiner_prompts
+from sr2.agent import refiner, refiner_prompts, rollout
 from sr2.agent.refiner import Decision, RefinerConfig
-from sr2.agent.rollout import (
-  RolloutConfig,
-  continue_rollout,
-  continue_rows,
-  finish_rollout,
-  rewind,
-  start_rollout,
-)
+from sr2.agent.rollout import RolloutConfig
 from sr2.data.prompts import actor_prompt, wrap_information
 from sr2.retrieval import BM25Index
 from sr2.sampling import Sampler, SamplingConfig, Temperature
@@ -57,9 +50,8 @@ def _draft(scripts, max_turns=4):
   sampler = ScriptedSampler(TOK, scripts)
   retriever = ListRetriever(PASSAGES)
   prompts = [TOK.encode(f"Question {i}: where was Vorla born?\n") for i in range(len(scripts))]
-  state, records = start_rollout(sampler, None, prompts, None)
   cfg = RolloutConfig(max_turns=max_turns)
-  state = continue_rollout(sampler, None, state, records, retriever, cfg)
+  state, records = rollout.run(sampler, None, prompts, retriever, cfg)
   return sampler, retriever, state, records, cfg
 
 
@@ -85,7 +77,7 @@ def test_scripted_flag_regenerates_exactly_from_step_j():
   sampler, retriever, state, records, cfg = _draft(
     [[T1, T2_BAD, T3_BAD, T2_GOOD, T3_GOOD], [T1, T2_GOOD, T3_GOOD]]
   )
-  draft = finish_rollout(state, records, TOK)
+  draft = rollout.finish(state, records, TOK)
   out = _refine_scripted(
     (sampler, retriever, state, records, cfg), lambda i, n, steps: 2 if i == 0 else 0
   )
@@ -107,7 +99,7 @@ def test_scripted_flag_regenerates_exactly_from_step_j():
 
 def test_scripted_accept_leaves_trajectories_identical():
   sampler, retriever, state, records, cfg = _draft([[T1, T2_GOOD, T3_GOOD]])
-  draft = finish_rollout(state, records, TOK)
+  draft = rollout.finish(state, records, TOK)
   calls = sampler.decode_calls
   out = _refine_scripted(
     (sampler, retriever, state, records, cfg), lambda i, n, steps: 0, RefinerConfig(max_revisions=3)
@@ -140,7 +132,7 @@ def test_revised_rows_of_a_large_batch_regenerate_in_their_own_batch():
   scripts[3] = [T1, T2_BAD, T3_BAD, T2_GOOD, T3_GOOD]
   scripts[9] = [T1, T3_BAD, T2_GOOD, T3_GOOD]
   sampler, retriever, state, records, cfg = _draft(scripts)
-  draft = finish_rollout(state, records, TOK)
+  draft = rollout.finish(state, records, TOK)
   out = _refine_scripted(
     (sampler, retriever, state, records, cfg), lambda i, n, steps: 2 if i in (3, 9) else 0
   )
@@ -162,42 +154,40 @@ def _greedy_batch(texts):
   index = BM25Index.build(PASSAGES)
   cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
   prompts = [tok.encode(t) for t in texts]
-  state, records = start_rollout(sampler, params, prompts, None)
-  state = continue_rollout(sampler, params, state, records, index, cfg)
+  state, records = rollout.run(sampler, params, prompts, index, cfg)
   return tok, sampler, params, index, cfg, state, records
 
 
-def test_continue_rows_in_a_small_batch_equals_the_full_batch():
+def test_regenerate_in_a_small_batch_equals_the_full_batch():
   texts = ["<search> Vorla </search>", "Kelt? <search>", "<search> Mirod", "Brezum <search> K"]
   tok, sampler, params, index, cfg, state, records = _greedy_batch(
     [texts[i % 4] + " " * (i // 4) for i in range(12)]
   )
-  draft = finish_rollout(state, records, tok)
+  draft = rollout.finish(state, records, tok)
   rows = [r for r, t in enumerate(draft) if len(t.steps) >= 2][:3]
   assert len(rows) >= 2, "the tiny model should take two turns in several rows"
   others = [r for r in range(12) if r not in rows]
   cache_before = [np.asarray(layer["k"])[others] for layer in state.cache]
-  state = rewind(sampler, state, records, rows, [2] * len(rows))
   shapes = set(sampler._shapes)
-  state = continue_rows(sampler, params, state, records, rows, index, cfg)
+  state = rollout.regenerate(sampler, params, state, records, rows, [2] * len(rows), index, cfg)
   assert ("take_rows", 12, 8) in sampler._shapes - shapes  # ran in a batch of 8
   # Greedy from intact prefixes writes the same suffixes; the other rows are untouched.
-  assert finish_rollout(state, records, tok) == draft
+  assert rollout.finish(state, records, tok) == draft
   for b, layer in zip(cache_before, state.cache, strict=True):
     np.testing.assert_array_equal(b, np.asarray(layer["k"])[others])
 
 
-def test_continue_rows_refuses_other_running_rows():
+def test_regenerate_refuses_other_running_rows():
   tok, sampler, params, index, cfg, state, records = _greedy_batch(["<search> Vorla </search>"] * 4)
-  state = rewind(sampler, state, records, [0, 1], [1, 1])
+  state = rollout.rewind(sampler, state, records, [0, 1], [1, 1])
   with pytest.raises(ValueError, match=r"rows \[1\] are still running"):
-    continue_rows(sampler, params, state, records, [0], index, cfg)
+    rollout.regenerate(sampler, params, state, records, [0], [1], index, cfg)
 
 
 def test_rewind_rejects_steps_out_of_range():
   sampler, _, state, records, _ = _draft([[T1, T3_GOOD]])
   with pytest.raises(ValueError, match=r"step must be an int in \[1, 2\]"):
-    rewind(sampler, state, records, [0], [3])
+    rollout.rewind(sampler, state, records, [0], [3])
 
 
 def test_decide_gate_aggregate_margin_and_cut():
@@ -250,14 +240,13 @@ def _continuation_batch():
   cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
   questions = ["Where was Vorla born?", "Where is Kelt?", "What is Mirod?"]
   prompts = [tok.encode(actor_prompt(q)) for q in questions]
-  state, records = start_rollout(sampler, params, prompts, None)
-  state = continue_rollout(sampler, params, state, records, index, cfg)
+  state, records = rollout.run(sampler, params, prompts, index, cfg)
   return tok, sampler, params, index, cfg, state, records, questions
 
 
 def test_continuation_judge_reads_the_cache_and_equals_a_forward_pass():
   tok, sampler, params, _, _, state, records, _ = _continuation_batch()
-  draft = finish_rollout(state, records, tok)
+  draft = rollout.finish(state, records, tok)
   config = RefinerConfig(prompt="continuation")
   kept = jax.device_get((state.tokens, state.logprobs, state.lengths, state.done, state.finish))
   state, ds = refiner.judge_in_cache(sampler, params, state, [0, 1, 2], draft, config, None)
@@ -304,7 +293,7 @@ def test_continuation_judge_leaves_the_cache_intact_for_the_cut():
   each row's end do not leak into what follows.
   """
   tok, sampler, params, index, cfg, state, records, _ = _continuation_batch()
-  draft = finish_rollout(state, records, tok)
+  draft = rollout.finish(state, records, tok)
   lengths = np.asarray(state.lengths)
   before = [(np.asarray(c["k"]), np.asarray(c["v"])) for c in state.cache]
   config = RefinerConfig(prompt="continuation")
@@ -314,9 +303,9 @@ def test_continuation_judge_leaves_the_cache_intact_for_the_cut():
     for r, n in enumerate(lengths):
       np.testing.assert_array_equal(k[r, : n - 1], np.asarray(c["k"])[r, : n - 1])
       np.testing.assert_array_equal(v[r, : n - 1], np.asarray(c["v"])[r, : n - 1])
-  state = rewind(sampler, state, records, [0, 1, 2], [len(t.steps) for t in draft])
-  state = continue_rollout(sampler, params, state, records, index, cfg)
-  for new, old in zip(finish_rollout(state, records, tok), draft, strict=True):
+  state = rollout.rewind(sampler, state, records, [0, 1, 2], [len(t.steps) for t in draft])
+  state = rollout.continue_rollout(sampler, params, state, records, index, cfg)
+  for new, old in zip(rollout.finish(state, records, tok), draft, strict=True):
     assert new.response_ids == old.response_ids
     np.testing.assert_allclose(new.logprobs, old.logprobs, atol=1e-5)
 
@@ -337,7 +326,7 @@ def test_continuation_judge_skips_rows_without_room_for_the_question():
 
 def test_continuation_refine_judges_in_the_cache_and_regenerates():
   tok, sampler, params, index, cfg, state, records, questions = _continuation_batch()
-  draft = finish_rollout(state, records, tok)
+  draft = rollout.finish(state, records, tok)
   config = RefinerConfig(prompt="continuation", margin=-1e9)  # always revise
   out = refiner.refine(sampler, params, state, records, questions, index, cfg, config)
   for t, ds, new in zip(draft, out.decisions, out.trajectories, strict=True):
@@ -355,19 +344,19 @@ def test_real_sampler_cut_keeps_cache_and_greedy_regenerates_the_same():
   tok, sampler, params, index, cfg, state, records = _greedy_batch(
     ["<search> Vorla </search>", "Kelt? <search>"]
   )
-  draft = finish_rollout(state, records, tok)
+  draft = rollout.finish(state, records, tok)
   rows = [r for r, t in enumerate(draft) if len(t.steps) >= 2]
   assert rows, "the tiny model should take at least two turns somewhere"
   r = rows[0]
   cut = records[r].prompt_len + draft[r].steps[1][0]
   before = [np.asarray(layer["k"][r, : cut - 1]) for layer in state.cache]
-  state = rewind(sampler, state, records, [r], [2])
+  state = rollout.rewind(sampler, state, records, [r], [2])
   # The prefix's cache entries survive the rewind untouched (no re-encoding).
   for b, layer in zip(before, state.cache, strict=True):
     np.testing.assert_array_equal(b, np.asarray(layer["k"][r, : cut - 1]))
   assert int(state.lengths[r]) == cut and records[r].turns == 1
-  state = continue_rollout(sampler, params, state, records, index, cfg)
-  again = finish_rollout(state, records, tok)
+  state = rollout.continue_rollout(sampler, params, state, records, index, cfg)
+  again = rollout.finish(state, records, tok)
   # Greedy from the same prefix with an intact cache writes the same suffix again.
   assert again[r] == draft[r]
 
@@ -382,8 +371,7 @@ def test_sampled_regeneration_changes_only_the_suffix():
   index = BM25Index.build(PASSAGES)
   cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
   prompts = [tok.encode("<search> Vorla </search>")] * 4
-  state, records = start_rollout(sampler, params, prompts, jax.random.key(3))
-  state = continue_rollout(sampler, params, state, records, index, cfg)
+  state, records = rollout.run(sampler, params, prompts, index, cfg, rng=jax.random.key(3))
   out = refiner.refine(
     sampler,
     params,

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from sr2 import models
 from sr2.agent import protocol
-from sr2.agent.rollout import RolloutConfig, rollout
+from sr2.agent import rollout as rollout_lib
+from sr2.agent.rollout import RolloutConfig
 from sr2.retrieval import BM25Index, format_documents
 from sr2.rewards import exact_match
 from sr2.sampling import Sampler, SamplingConfig, Temperature
@@ -20,6 +21,14 @@ PASSAGES = [
   {"id": "p3", "title": "Kelt", "text": "Kelt is a country."},
 ]
 TOK = tiny_byte_tokenizer()
+
+
+def rollout(sampler, params, prompts, retriever, config, rng=None, batch=None):
+  """`rollout.run` then `rollout.finish`: the trajectories."""
+  state, records = rollout_lib.run(
+    sampler, params, prompts, retriever, config, rng=rng, batch=batch
+  )
+  return rollout_lib.finish(state, records, sampler.tokenizer)
 
 
 def _obs(titles):

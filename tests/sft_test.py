@@ -10,8 +10,8 @@ from sr2 import models
 from sr2.data import WorldConfig, actor_prompt, build_world
 from sr2.data.trajectories import render_steps
 from sr2.data.world_tokenizer import TAG_TOKENS, train_tokenizer
-from sr2.rl import sft
 from sr2.rl.optim import OptConfig, make_optimizer, schedule
+from sr2.train import sft
 
 SMALL = WorldConfig(
   num_persons=20,

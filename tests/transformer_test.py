@@ -220,7 +220,7 @@ def test_bad_tokens_rejected():
 
 
 def test_forward_benchmark_times_both_paths_and_they_agree(capsys):
-  from sr2.models.benchmark import forward_benchmark
+  from sr2.benchmarks.forward import forward_benchmark
 
   rows = forward_benchmark(
     ["--model", "tiny", "--batch", "2", "--length", "70", "--grad", "--repeats", "1"]
@@ -232,7 +232,7 @@ def test_forward_benchmark_times_both_paths_and_they_agree(capsys):
 
 
 def test_forward_benchmark_read_one_agrees_with_the_full_pass(capsys):
-  from sr2.models.benchmark import forward_benchmark
+  from sr2.benchmarks.forward import forward_benchmark
 
   rows = forward_benchmark(
     ["--model", "tiny", "--batch", "3", "--length", "70", "--read-one", "--repeats", "1"]

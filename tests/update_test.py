@@ -1,4 +1,4 @@
-"""GRPO update: batch alignment, a golden step, and equality across device meshes."""
+"""GRPO update: a golden step, and equality across device meshes."""
 
 import dataclasses
 import os
@@ -13,24 +13,9 @@ import pytest
 
 from sr2 import models
 from sr2.parallel import MeshConfig, make_mesh
+from sr2.rl import batch as batch_lib
 from sr2.rl import grpo, micro, update
 from sr2.rl.optim import OptConfig, make_optimizer
-
-
-def test_policy_batch_alignment():
-  b = update.policy_batch(
-    prompts=[[5, 6, 7]],
-    responses=[[8, 9, 10]],
-    loss_masks=[[1, 0, 1]],
-    logprobs=[[-0.1, 0.0, -0.3]],
-    advantages=[0.5],
-    pad_id=0,
-    length=8,
-  )
-  np.testing.assert_array_equal(b["tokens"], [[5, 6, 7, 8, 9, 10, 0, 0]])
-  # Target t predicts token t + 1: token 8 (mask 1) is target 2, 9 is 3, 10 is 4.
-  np.testing.assert_array_equal(b["mask"], [[0, 0, 1, 0, 1, 0, 0]])
-  np.testing.assert_allclose(b["old_logp"], [[0, 0, -0.1, 0, -0.3, 0, 0]])
 
 
 def _setup():
@@ -43,7 +28,7 @@ def _setup():
   masks = [(rng.random(len(r)) < 0.7).astype(int).tolist() for r in responses]
   logps = [(-rng.random(len(r)) * m).tolist() for r, m in zip(responses, masks, strict=True)]
   adv, _ = grpo.group_advantages(jnp.asarray([1, 0, 0, 1, 2, 1, 1, 0], jnp.float32), 4)
-  batch = update.policy_batch(prompts, responses, masks, logps, np.asarray(adv), 0, 16)
+  batch = batch_lib.policy_batch(prompts, responses, masks, logps, np.asarray(adv), 0, 16)
   return model, cfg, opt, batch
 
 
@@ -240,7 +225,7 @@ def test_merge_names_a_metric_without_a_rule():
 
 
 def test_update_benchmark_times_each_micro_batch_size_and_they_agree(capsys):
-  from sr2.rl.benchmark import update_benchmark
+  from sr2.benchmarks.training import update_benchmark
 
   rows = update_benchmark(["--batch", "4", "--length", "160", "--micro", "0,2", "--repeats", "1"])
   assert [r["micro_batch_rows"] for r in rows] == [0, 2]
@@ -251,7 +236,7 @@ def test_update_benchmark_times_each_micro_batch_size_and_they_agree(capsys):
 
 
 def test_compile_clock_counts_compilation_not_cached_calls():
-  from sr2.rl.benchmark import CompileClock
+  from sr2.benchmarks.training import CompileClock
 
   fn = jax.jit(lambda x: jnp.tanh(x) * 3.0 + 1.0)
   with CompileClock() as first:

@@ -200,8 +200,8 @@ def test_too_many_questions_is_a_clear_error():
 
 def test_step_and_trajectory_validation():
   with pytest.raises(ValueError, match="exactly one"):
-    world.Step("t")
+    world.PlanStep("t")
   with pytest.raises(ValueError, match="end with an answer"):
-    world.Trajectory((world.Step("t", query="q"),))
+    world.Plan((world.PlanStep("t", query="q"),))
   with pytest.raises(ValueError, match="flawed_step"):
-    world.Trajectory((world.Step("t", answer="a"),), kind="misread", flawed_step=0)
+    world.Plan((world.PlanStep("t", answer="a"),), kind="misread", flawed_step=0)

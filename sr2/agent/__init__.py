@@ -1,18 +1,11 @@
-"""Agent: the tag protocol (parsing turns, observations, steps for the Meta-Refiner)."""
+"""Agent: the tag protocol, the multi-turn rollout, and the Meta-Refiner.
+
+The tags and stop strings themselves live in `sr2.data.prompts`.
+"""
 
 from sr2.agent.protocol import (
-  ANSWER_CLOSE,
-  ANSWER_OPEN,
-  INFO_CLOSE,
-  INFO_OPEN,
   INVALID_ACTION_FEEDBACK,
   MAX_QUERY_CHARS,
-  SEARCH_CLOSE,
-  SEARCH_OPEN,
-  STOP_STRINGS,
-  TAGS,
-  THINK_CLOSE,
-  THINK_OPEN,
   Step,
   Turn,
   TurnKind,
@@ -24,18 +17,8 @@ from sr2.agent.protocol import (
 )
 
 __all__ = [
-  "ANSWER_CLOSE",
-  "ANSWER_OPEN",
-  "INFO_CLOSE",
-  "INFO_OPEN",
   "INVALID_ACTION_FEEDBACK",
   "MAX_QUERY_CHARS",
-  "SEARCH_CLOSE",
-  "SEARCH_OPEN",
-  "STOP_STRINGS",
-  "TAGS",
-  "THINK_CLOSE",
-  "THINK_OPEN",
   "Step",
   "Turn",
   "TurnKind",

@@ -17,19 +17,7 @@ import dataclasses
 import re
 from typing import Literal
 
-from sr2.data.prompts import (
-  ANSWER_CLOSE,
-  ANSWER_OPEN,
-  INFO_CLOSE,
-  INFO_OPEN,
-  SEARCH_CLOSE,
-  SEARCH_OPEN,
-  THINK_CLOSE,
-  THINK_OPEN,
-  wrap_information,
-)
-from sr2.data.prompts import STOP_STRINGS as STOP_STRINGS  # re-exported: a turn ends at either
-from sr2.data.prompts import TAGS as TAGS  # re-exported
+from sr2.data import prompts  # the one home of the tags and stop strings
 
 MAX_QUERY_CHARS = 512  # longer queries are cut to this many characters
 # `{reason}` is replaced by `Turn.error`.
@@ -41,12 +29,15 @@ INVALID_ACTION_FEEDBACK = (
 
 TurnKind = Literal["search", "answer", "invalid"]
 
-_ACTION_OPEN = {SEARCH_CLOSE: SEARCH_OPEN, ANSWER_CLOSE: ANSWER_OPEN}
-_ACTION_CLOSE = re.compile(f"{re.escape(SEARCH_CLOSE)}|{re.escape(ANSWER_CLOSE)}")
+_ACTION_OPEN = {
+  prompts.SEARCH_CLOSE: prompts.SEARCH_OPEN,
+  prompts.ANSWER_CLOSE: prompts.ANSWER_OPEN,
+}
+_ACTION_CLOSE = re.compile(f"{re.escape(prompts.SEARCH_CLOSE)}|{re.escape(prompts.ANSWER_CLOSE)}")
 # One observation with the blank lines `format_observation` puts around it. The body holds
 # no other `<information>`, so a stray opening tag in model text cannot swallow it.
 _OBSERVATION = re.compile(
-  f"(?:\n\n)?{re.escape(INFO_OPEN)}(?:(?!{re.escape(INFO_OPEN)}).)*?{re.escape(INFO_CLOSE)}"
+  f"(?:\n\n)?{re.escape(prompts.INFO_OPEN)}(?:(?!{re.escape(prompts.INFO_OPEN)}).)*?{re.escape(prompts.INFO_CLOSE)}"
   "(?:\n\n)?",
   re.S,
 )
@@ -111,24 +102,24 @@ def _think(text: str, endpos: int) -> str | None:
   # str.find rather than a lazy regex: a regex rescans to the end for every unclosed
   # <think>, which is quadratic on degenerate output.
   blocks, pos = [], 0
-  while (start := text.find(THINK_OPEN, pos, endpos)) >= 0:
-    start += len(THINK_OPEN)
-    if (stop := text.find(THINK_CLOSE, start, endpos)) < 0:
+  while (start := text.find(prompts.THINK_OPEN, pos, endpos)) >= 0:
+    start += len(prompts.THINK_OPEN)
+    if (stop := text.find(prompts.THINK_CLOSE, start, endpos)) < 0:
       break
     blocks.append(text[start:stop].strip())
-    pos = stop + len(THINK_CLOSE)
+    pos = stop + len(prompts.THINK_CLOSE)
   return "\n".join(blocks) if blocks else None
 
 
 def _missing_action(text: str) -> str:
-  search_at, answer_at = text.rfind(SEARCH_OPEN), text.rfind(ANSWER_OPEN)
+  search_at, answer_at = text.rfind(prompts.SEARCH_OPEN), text.rfind(prompts.ANSWER_OPEN)
   if max(search_at, answer_at) >= 0:
-    tag = SEARCH_OPEN if search_at > answer_at else ANSWER_OPEN
+    tag = prompts.SEARCH_OPEN if search_at > answer_at else prompts.ANSWER_OPEN
     return f"{tag} is never closed"
   for close, open_tag in _ACTION_OPEN.items():
     if close in text:
       return f"{close} without {open_tag}"
-  return f"no {SEARCH_OPEN} or {ANSWER_OPEN} tag"
+  return f"no {prompts.SEARCH_OPEN} or {prompts.ANSWER_OPEN} tag"
 
 
 def _action(
@@ -141,12 +132,12 @@ def _action(
   max_query_chars: int,
 ) -> Turn:
   open_tag = _ACTION_OPEN[close]
-  kind = "search" if close == SEARCH_CLOSE else "answer"
+  kind = "search" if close == prompts.SEARCH_CLOSE else "answer"
   think = _think(text, body_start - len(open_tag))
   if text[end:].strip():
     notes.append(f"text after {close} ignored")
   body = text[body_start:body_end]
-  tag = next((t for t in TAGS if t in body), None)
+  tag = next((t for t in prompts.TAGS if t in body), None)
   if tag is not None:
     error = f"the {kind} contains the tag {tag}"
     return Turn("invalid", think=think, error=error, note="; ".join(notes) or None, end=len(text))
@@ -211,7 +202,7 @@ def parse_turn(text: str, max_query_chars: int = MAX_QUERY_CHARS) -> Turn:
 
 
 # The environment's observation after a search; the one wrapper lives with the tags.
-format_observation = wrap_information
+format_observation = prompts.wrap_information
 
 
 def invalid_action_feedback(turn: Turn, template: str = INVALID_ACTION_FEEDBACK) -> str:

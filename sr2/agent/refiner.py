@@ -14,7 +14,7 @@ PAPER.md §2.2 (Algorithm 1) with the decisions of DESIGN.md:
     or max_{j≥1} lp_j (`aggregate="max"`).
   - The flawed step j is drawn from softmax(lp_1..lp_n) during training and is the argmax
     at evaluation. The cut keeps steps 1..j−1 (tokens, masks, log-probs and KV cache, see
-    `rollout.rewind`) and the Actor regenerates the rest in the turns left.
+    `rollout.regenerate`) and the Actor regenerates the rest in the turns left.
   - Up to `max_revisions` rounds; a round judges only the rows revised in the round before,
     and the last revision is returned without another judgement (Algorithm 1).
   - Each judgement is a `Decision`: the refiner prompt, the emitted token ("0" when
@@ -38,15 +38,7 @@ from sr2.agent.refiner_prompts import (
   prompt_ids,
   trajectory_steps,
 )
-from sr2.agent.rollout import (
-  Record,
-  Retriever,
-  RolloutConfig,
-  Trajectory,
-  continue_rows,
-  finish_rollout,
-  rewind,
-)
+from sr2.agent.rollout import Record, Retriever, RolloutConfig, Trajectory, finish, regenerate
 from sr2.models.config import ModelConfig
 from sr2.sampling import Sampler, SamplingState
 
@@ -142,12 +134,6 @@ class Decision:
   token: int
   logprob: float
 
-  @property
-  def revise_margin(self) -> float:
-    """logsumexp_{j≥1} lp_j − lp_0 (how far the gate leaned to revising)."""
-    lp = np.asarray(self.choice_logprobs)
-    return float(np.logaddexp.reduce(lp[1:]) - lp[0])
-
 
 def decide(
   choice_logprobs: np.ndarray, config: RefinerConfig, rng: np.random.Generator | None
@@ -222,7 +208,7 @@ def judge_in_cache(
   `state` (only cache slots past the rows' ends changed). A row is not judged (None) when
   it has no steps or more than 9, or when its tokens and the question would exceed
   `config.max_prompt_tokens` or the row's capacity. `trajectories` are `state`'s rows
-  (`finish_rollout`); their lengths are the rows'.
+  (`rollout.finish`); their lengths are the rows'.
   """
   tok = sampler.tokenizer
   asks: dict[int, tuple[list[int], list[int]]] = {}  # steps -> (question, choices)
@@ -291,20 +277,20 @@ def refine(
   rng: np.random.Generator | None = None,
   judge_fn: Callable | None = None,
 ) -> Refined:
-  """Algorithm 1 on a finished rollout batch (`state`, `records` from `continue_rollout`).
+  """Algorithm 1 on a finished rollout batch (`state`, `records` from `rollout.run`).
 
   `rng` samples the cut (training); None takes the argmax (evaluation). Rows are judged
   together, and every revised row regenerates in the same decode calls. The judgement is
   `judge` on (question, steps) items, or `judge_in_cache` on the rows with
   `config.prompt="continuation"`. `judge_fn(items, rng)` replaces either (whatever
   `config.prompt` says) — a scripted refiner in tests, or a refiner with params of its
-  own. The revised rows regenerate in a batch of their own (`continue_rows`), so a few
+  own. The revised rows regenerate in a batch of their own (`rollout.regenerate`), so a few
   revisions cost what a few rows cost. `state` is donated; use `Refined.state`.
   """
   tok = sampler.tokenizer
   if len(questions) != len(records):
     raise ValueError(f"{len(questions)} questions for {len(records)} rollout rows")
-  trajs = finish_rollout(state, records, tok)
+  trajs = finish(state, records, tok)
   drafts = list(trajs)
   decisions: list[list[Decision]] = [[] for _ in trajs]
   pending = [i for i, r in enumerate(records) if r.finish != "prompt_too_long"]
@@ -329,9 +315,9 @@ def refine(
     if not revised:
       break
     start = time.perf_counter()
-    state = rewind(sampler, state, records, revised, [decisions[i][-1].step for i in revised])
-    state = continue_rows(sampler, params, state, records, revised, retriever, rollout_config)
-    trajs = finish_rollout(state, records, tok)
+    steps = [decisions[i][-1].step for i in revised]
+    state = regenerate(sampler, params, state, records, revised, steps, retriever, rollout_config)
+    trajs = finish(state, records, tok)
     regenerate_s += time.perf_counter() - start
     pending = revised
   return Refined(state, trajs, drafts, decisions, judge_s, regenerate_s)

@@ -7,10 +7,14 @@ that need them. The sampled token ids are kept as they are: nothing is re-tokeni
 `loss_mask` is exactly 1 on what the model wrote and 0 on the prompt side of the response
 (observations, feedback).
 
-The loop works on a `SamplingState` plus per-row records, and `continue_rollout` resumes
-it from any state, which is what cut-and-regenerate needs: truncate a row to a step
-boundary, drop the records after it, and continue with the turns that remain
-(`continue_rows` does that for a few rows of a large batch in a batch of their own).
+The public surface is three calls, and every caller (training's collection, the
+Meta-Refiner, in-training evaluation, the evaluation harness) goes through them:
+  run         prefill the prompts and run turns until every row has finished;
+  regenerate  cut rows back to a step boundary and run the turns that remain
+              (the Meta-Refiner's cut-and-regenerate, and the drivers' counterfactuals);
+  finish      host copies of every row as a `Trajectory`.
+They work on a `SamplingState` plus per-row `Record`s: `continue_rollout` resumes the loop
+from any state, and `rewind` cuts rows back to a step boundary.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import jax
 import numpy as np
 
 from sr2.agent import protocol
+from sr2.configlib import check_ints
+from sr2.data.prompts import STOP_STRINGS
 from sr2.retrieval.corpus import format_documents
 from sr2.sampling import Sampler, SamplingState
 from sr2.sampling.state import CONTEXT_FULL, EOS
@@ -51,9 +57,8 @@ class RolloutConfig:
   invalid_feedback: bool = True
 
   def __post_init__(self):
-    for name in ("max_turns", "max_turn_tokens", "top_k", "max_obs_tokens"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"rollout.{name}={getattr(self, name)}; expected >= 1")
+    names = ("max_turns", "max_turn_tokens", "top_k", "max_obs_tokens")
+    check_ints(self, "rollout", names, error=ValueError)
 
 
 @dataclasses.dataclass
@@ -111,8 +116,8 @@ class Trajectory:
     return len(self.queries)
 
 
-def start_rollout(
-  sampler: Sampler, params, prompts: Sequence[Sequence[int]], rng, batch: int | None = None
+def _start(
+  sampler: Sampler, params, prompts: Sequence[Sequence[int]], rng, batch: int | None
 ) -> tuple[SamplingState, list[Record]]:
   """Prefills the prompts (at a fixed `batch` size if given); returns state and records.
 
@@ -203,38 +208,6 @@ def continue_rollout(
       state = sampler.append(params, state, rows, payload)
 
 
-def continue_rows(
-  sampler: Sampler,
-  params,
-  state: SamplingState,
-  records: list[Record],
-  rows: Sequence[int],
-  retriever: Retriever,
-  config: RolloutConfig,
-  multiple: int = 8,
-) -> SamplingState:
-  """`continue_rollout` for the live `rows` of a batch whose other rows have finished.
-
-  The rows run in a batch of their own (their count rounded up to `multiple`; the full
-  batch when that is not smaller), taken out with `Sampler.select` and put back with
-  `Sampler.merge`: each decode step then costs what these rows cost, not the whole batch.
-  Their records are updated in place, as `continue_rollout` does.
-  """
-  rows = list(rows)
-  chosen = set(rows)
-  stray = [r for r, rec in enumerate(records) if rec.finish is None and r not in chosen]
-  if stray:
-    raise ValueError(f"rows {stray} are still running but not among the rows to continue")
-  if not rows:
-    return state
-  batch = -(-len(rows) // multiple) * multiple
-  if batch >= state.batch:
-    return continue_rollout(sampler, params, state, records, retriever, config)
-  sub = sampler.select(state, rows, batch)
-  sub = continue_rollout(sampler, params, sub, [records[r] for r in rows], retriever, config)
-  return sampler.merge(state, sub, rows)
-
-
 def rewind(
   sampler: Sampler,
   state: SamplingState,
@@ -268,7 +241,7 @@ def rewind(
   return sampler.truncate(state, list(rows), lengths)
 
 
-def finish_rollout(state: SamplingState, records: list[Record], tokenizer) -> list[Trajectory]:
+def finish(state: SamplingState, records: list[Record], tokenizer) -> list[Trajectory]:
   """Host copies of every row as a `Trajectory`."""
   tokens, logprobs, lengths = (
     np.asarray(x) for x in jax.device_get((state.tokens, state.logprobs, state.lengths))
@@ -316,25 +289,63 @@ def finish_rollout(state: SamplingState, records: list[Record], tokenizer) -> li
   return out
 
 
-def rollout(
+def run(
   sampler: Sampler,
   params,
   prompts: Sequence[Sequence[int]],
   retriever: Retriever,
   config: RolloutConfig,
+  *,
   rng=None,
   batch: int | None = None,
-) -> list[Trajectory]:
-  """Runs the search agent on tokenised prompts and returns one trajectory per prompt.
+) -> tuple[SamplingState, list[Record]]:
+  """Runs the search agent on tokenised prompts until every row has finished.
 
-  `batch` fixes the sampler's batch size (extra rows stay empty), so calls with fewer
-  prompts reuse the same compiled programs.
+  Returns the sampler state and one record per prompt; `finish` turns them into
+  trajectories, `regenerate` cuts and continues them. `rng` samples (None: the sampler's
+  method without a key, e.g. greedy); `batch` fixes the sampler's batch size (extra rows
+  stay empty), so calls with fewer prompts reuse the same compiled programs.
   """
   if sampler.tokenizer is None:
     raise ValueError("the rollout needs a sampler with a tokenizer")
-  missing = [s for s in protocol.STOP_STRINGS if s not in sampler.config.stop_strings]
+  missing = [s for s in STOP_STRINGS if s not in sampler.config.stop_strings]
   if missing:
-    raise ValueError(f"the sampler must stop on {protocol.STOP_STRINGS}; missing {missing}")
-  state, records = start_rollout(sampler, params, prompts, rng, batch)
+    raise ValueError(f"the sampler must stop on {STOP_STRINGS}; missing {missing}")
+  state, records = _start(sampler, params, prompts, rng, batch)
   state = continue_rollout(sampler, params, state, records, retriever, config)
-  return finish_rollout(state, records, sampler.tokenizer)
+  return state, records
+
+
+def regenerate(
+  sampler: Sampler,
+  params,
+  state: SamplingState,
+  records: list[Record],
+  rows: Sequence[int],
+  steps: Sequence[int],
+  retriever: Retriever,
+  config: RolloutConfig,
+  multiple: int = 8,
+) -> SamplingState:
+  """Cuts each of `rows` before its assistant step `steps[i]` and regenerates the rest.
+
+  `rewind`, then `continue_rollout` on those rows. The kept steps are not re-encoded. The
+  rows run in a batch of their own (their count rounded up to `multiple`; the full batch
+  when that is not smaller), taken out with `Sampler.select` and put back with
+  `Sampler.merge`: each decode step then costs what these rows cost, not the whole batch.
+  `records` are updated in place; `state` is donated. Every other row must have finished.
+  """
+  rows = list(rows)
+  chosen = set(rows)
+  stray = [r for r, rec in enumerate(records) if rec.finish is None and r not in chosen]
+  if stray:
+    raise ValueError(f"rows {stray} are still running but not among the rows to regenerate")
+  state = rewind(sampler, state, records, rows, steps)
+  if not rows:
+    return state
+  batch = -(-len(rows) // multiple) * multiple
+  if batch >= state.batch:
+    return continue_rollout(sampler, params, state, records, retriever, config)
+  sub = sampler.select(state, rows, batch)
+  sub = continue_rollout(sampler, params, sub, [records[r] for r in rows], retriever, config)
+  return sampler.merge(state, sub, rows)

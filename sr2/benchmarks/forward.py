@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sr2 import models
+from sr2.benchmarks.timing import median_time
 from sr2.configlib import load_config_file
 from sr2.models import transformer
-from sr2.sampling.benchmark import median_time
 
 
 def model_config(name: str) -> models.ModelConfig:

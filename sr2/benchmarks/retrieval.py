@@ -2,8 +2,8 @@
 
 Run (or through `experiments/benchmark.py retrieval`):
 
-  python -m sr2.retrieval.benchmark --corpus PATH --queries PATH --k 3 [--size 100000]
-  python -m sr2.retrieval.benchmark --recall [--multihop ../shared/data/multihop]
+  python -m sr2.benchmarks.retrieval --corpus PATH --queries PATH --k 3 [--size 100000]
+  python -m sr2.benchmarks.retrieval --recall [--multihop ../shared/data/multihop]
 
 Prints one JSON object per measurement. Speed: each implementation is built and searched in
 a fresh process, so its peak memory is its own: the process's resident high-water mark
@@ -207,7 +207,7 @@ def _recall(args) -> list[dict]:
   out = []
   for name in _MULTIHOP_SETS:
     path = pathlib.Path(args.multihop) / name / "dev.jsonl"
-    from sr2.data.qa import read_qa_jsonl  # deferred: pulls in tensorflow-datasets
+    from sr2.data.examples import read_qa_jsonl
 
     examples = read_qa_jsonl(path)
     corpus = pool_multihop_paragraphs(path)

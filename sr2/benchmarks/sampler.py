@@ -27,20 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sr2.benchmarks.timing import median_time
+
 _PROMPT_TEXT = (
   "Search engines let language models look up facts they do not know. An agent that "
   "reasons step by step decides when to search, reads the retrieved passages, and answers "
   "the question with a short phrase. This benchmark feeds the same prompt to every row. "
 )
-
-
-def median_time(fn, repeats: int) -> tuple[float, list[float]]:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), times
 
 
 def measure_ceilings() -> dict:

@@ -40,35 +40,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from sr2 import checkpoint, models
+from sr2.benchmarks.forward import model_config
+from sr2.benchmarks.timing import CompileClock, median_time
 from sr2.configlib import from_config, load_config_file
-from sr2.models.benchmark import model_config
-from sr2.rl import grpo, trainer, update
+from sr2.rl import grpo, update
 from sr2.rl.optim import OptConfig, make_optimizer
-from sr2.sampling.benchmark import median_time
-
-COMPILE_EVENTS = (
-  "/jax/core/compile/jaxpr_trace_duration",
-  "/jax/core/compile/jaxpr_to_mlir_module_duration",
-  "/jax/core/compile/backend_compile_duration",
-)
-
-
-class CompileClock:
-  """Seconds JAX spends tracing, lowering and compiling while the context is open."""
-
-  def __init__(self):
-    self.seconds = 0.0
-
-  def __call__(self, event: str, duration: float, **_) -> None:
-    if event in COMPILE_EVENTS:
-      self.seconds += duration
-
-  def __enter__(self) -> CompileClock:
-    jax.monitoring.register_event_duration_secs_listener(self)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    jax.monitoring.unregister_event_duration_listener(self)
+from sr2.train import loop
+from sr2.train.setup import setup
+from sr2.train.state import TrainState, fresh_state
 
 
 def _config(arm: str, steps: int):
@@ -89,35 +68,29 @@ def refiner_benchmark(argv: list[str]) -> None:
   ap.add_argument("--arm", default="search_r2", help="the refiner arm (configs/search_r2.py)")
   args = ap.parse_args(argv)
   total = args.warmup + args.steps
-  arms = {name: trainer.setup(_config(name, total)) for name in ("search_r1", args.arm)}
-  loops = {name: trainer.RLLoop(s) for name, s in arms.items()}
+  arms = {name: setup(_config(name, total)) for name in ("search_r1", args.arm)}
+  fns = {name: loop.step_fns(s) for name, s in arms.items()}
   state = {}
   for name, s in arms.items():
-    template = trainer.fresh_state(s)
+    state[name] = fresh_state(s)
     if args.workdir:
       with checkpoint.Checkpointer(args.workdir) as ckpt:
-        template = ckpt.restore(like=template)
-    state[name] = [
-      template["params"],
-      template["opt_state"],
-      template["ref_params"],
-      template["rng"],
-    ]
+        state[name] = TrainState.from_dict(ckpt.restore(like=state[name].as_dict()))
+      # Every arm runs steps 1..total from the checkpoint's params.
+      state[name] = dataclasses.replace(state[name], step=0)
   times = {name: [] for name in arms}
   compiles = {name: [] for name in arms}
   rows = {name: [] for name in arms}
   for step in range(1, total + 1):
-    for name, loop in loops.items():
-      params, opt_state, ref, rng = state[name]
+    for name, s in arms.items():
       start = time.perf_counter()
       with CompileClock() as clock:
-        params, opt_state, rng, row = loop.step(params, opt_state, ref, step, rng)
-        jax.block_until_ready(params)
+        state[name], row = loop.grpo_step(s, fns[name], state[name])
+        jax.block_until_ready(state[name].params)
       if step > args.warmup:
         times[name].append(time.perf_counter() - start)
         compiles[name].append(clock.seconds)
         rows[name].append(row)
-      state[name] = [params, opt_state, ref, rng]
   out = {}
   for name in arms:
     t, c = np.asarray(times[name]), np.asarray(compiles[name])

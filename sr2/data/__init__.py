@@ -1,5 +1,6 @@
-"""Data: QA datasets (tfds without TensorFlow), prompts, and the synthetic world."""
+"""Data: prompts and tags, QA examples and datasets (tfds without TensorFlow), the world."""
 
+from sr2.data.examples import MIX_NAME, QA_DATASETS, Paragraph, QAExample, read_qa_jsonl
 from sr2.data.prompts import (
   ACTOR_INSTRUCTION,
   ANSWER_CLOSE,
@@ -23,28 +24,28 @@ from sr2.data.prompts import (
   refiner_prompt,
   wrap_information,
 )
-from sr2.data.qa import (
-  ALL_NAMES,
-  MIX_NAME,
-  QA_DATASETS,
-  FlashragQa,
-  MultihopQa,
-  Paragraph,
-  QAExample,
-  QASplit,
-  load_split,
-  prepare,
-  read_qa_jsonl,
-)
 from sr2.data.trajectories import (
   CORRUPTIONS,
-  Step,
-  Trajectory,
+  Plan,
+  PlanStep,
   render_steps,
   render_trajectory,
 )
 from sr2.data.world import World, WorldConfig, WorldQuestion, build_world
 from sr2.data.world_entities import Entity
+
+# The tfds datasets need tensorflow-datasets; they load on first use, so importing the
+# prompts, the world or the examples does not import tfds.
+_QA_NAMES = ("ALL_NAMES", "FlashragQa", "MultihopQa", "QASplit", "load_split", "prepare")
+
+
+def __getattr__(name: str):
+  if name in _QA_NAMES:
+    from sr2.data import qa
+
+    return getattr(qa, name)
+  raise AttributeError(f"module 'sr2.data' has no attribute {name!r}")
+
 
 __all__ = [
   "ACTOR_INSTRUCTION",
@@ -69,8 +70,8 @@ __all__ = [
   "Paragraph",
   "QAExample",
   "QASplit",
-  "Step",
-  "Trajectory",
+  "PlanStep",
+  "Plan",
   "World",
   "WorldConfig",
   "WorldQuestion",

@@ -22,110 +22,16 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sr2.jsonl import iter_jsonl
-
-QA_DATASETS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
-MIX_NAME = "nq_hotpotqa_train"  # Search-R1's training set: NQ train + HotpotQA train.
-MIX_SOURCES = ("nq", "hotpotqa")
-MULTIHOP_DATASETS = ("hotpotqa", "2wikimultihopqa", "musique")
-MULTIHOP_PREFIX = "multihop/"  # `multihop/hotpotqa` names the set with paragraphs.
-
-
-@dataclasses.dataclass(frozen=True)
-class Paragraph:
-  """One context paragraph of a multi-hop question."""
-
-  title: str
-  text: str
-  is_supporting: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class QAExample:
-  """One question with its gold answers (any of them counts as correct)."""
-
-  id: str
-  question: str
-  golden_answers: tuple[str, ...]
-  data_source: str = ""
-  paragraphs: tuple[Paragraph, ...] | None = None
-  metadata: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
-
-  def __post_init__(self):
-    if not isinstance(self.id, str) or not self.id.strip():
-      raise ValueError(f"QAExample.id must be a non-empty string, got {self.id!r}")
-    if not isinstance(self.question, str) or not self.question.strip():
-      raise ValueError(f"QAExample {self.id!r}: question must be a non-empty string")
-    answers = self.golden_answers
-    if isinstance(answers, str) or not answers:
-      raise ValueError(f"QAExample {self.id!r}: golden_answers must be a non-empty list")
-    if any(not isinstance(a, str) or not a.strip() for a in answers):
-      raise ValueError(f"QAExample {self.id!r}: golden_answers must be non-empty strings")
-    object.__setattr__(self, "golden_answers", tuple(answers))
-
-
-def _parse_paragraphs(raw: Any, where: str) -> tuple[Paragraph, ...]:
-  if not isinstance(raw, list):
-    raise ValueError(f"{where}: 'paragraphs' must be a list, got {type(raw).__name__}")
-  out = []
-  for j, p in enumerate(raw):
-    if not (
-      isinstance(p, dict) and isinstance(p.get("title"), str) and isinstance(p.get("text"), str)
-    ):
-      raise ValueError(f"{where}: paragraphs[{j}] must be an object with string title and text")
-    out.append(Paragraph(p["title"], p["text"], bool(p.get("is_supporting", False))))
-  return tuple(out)
-
-
-def read_qa_jsonl(path: str | os.PathLike, data_source: str | None = None) -> list[QAExample]:
-  """Reads and validates a FlashRAG-format QA file.
-
-  Args:
-    path: a `.jsonl` file, one `{id, question, golden_answers, metadata?, paragraphs?}` a line.
-    data_source: the `data_source` of every row; defaults to the file's directory name.
-
-  Returns:
-    The rows in file order.
-
-  Raises:
-    ValueError: naming the file and line of the first bad row (bytes that are not UTF-8,
-      bad JSON, empty id or question, missing or empty answers, a duplicate id), or if the
-      file has no rows.
-  """
-  path = os.fspath(path)
-  if data_source is None:
-    data_source = os.path.basename(os.path.dirname(os.path.abspath(path)))
-  rows: list[QAExample] = []
-  seen: dict[str, int] = {}
-  for where, line_no, row in iter_jsonl(path, ValueError, "QA file"):
-    paragraphs = None
-    if "paragraphs" in row:
-      paragraphs = _parse_paragraphs(row["paragraphs"], where)
-    metadata = row.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-      raise ValueError(f"{where}: 'metadata' must be an object")
-    try:
-      ex = QAExample(
-        id=row.get("id"),
-        question=row.get("question"),
-        golden_answers=row.get("golden_answers"),
-        data_source=data_source,
-        paragraphs=paragraphs,
-        metadata=metadata,
-      )
-    except (ValueError, TypeError) as e:
-      raise ValueError(f"{where}: {e}") from None
-    if ex.id in seen:
-      raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
-    seen[ex.id] = line_no
-    rows.append(ex)
-  if not rows:
-    raise ValueError(f"{path}: no rows; expected FlashRAG-format JSON lines")
-  return rows
-
-
-# ---------------------------------------------------------------------------------------
-# tensorflow-datasets builders.
+from sr2.data.examples import (
+  MIX_NAME,
+  MIX_SOURCES,
+  MULTIHOP_DATASETS,
+  MULTIHOP_PREFIX,
+  QA_DATASETS,
+  Paragraph,
+  QAExample,
+  read_qa_jsonl,
+)
 
 
 def _features(with_paragraphs: bool) -> tfds.features.FeaturesDict:

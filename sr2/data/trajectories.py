@@ -20,7 +20,7 @@ CORRUPTIONS = ("wrong_query", "misread", "premature")
 
 
 @dataclasses.dataclass(frozen=True)
-class Step:
+class PlanStep:
   """One assistant turn: a think, then either a search query or a final answer.
 
   `gold_passage_id` is the passage the query is aimed at (the entity it names).
@@ -33,29 +33,33 @@ class Step:
 
   def __post_init__(self):
     if (self.query is None) == (self.answer is None):
-      raise ValueError(f"Step needs exactly one of query or answer, got {self}")
+      raise ValueError(f"PlanStep needs exactly one of query or answer, got {self}")
 
 
 @dataclasses.dataclass(frozen=True)
-class Trajectory:
-  """Steps ending in an answer; `flawed_step` is the first bad step (1-based, 0 = none)."""
+class Plan:
+  """What a demonstration does, before it is rendered as text: steps ending in an answer.
 
-  steps: tuple[Step, ...]
+  `flawed_step` is the first bad step (1-based, 0 = none). `render_steps` turns a plan into
+  the (assistant text, observation) pairs a rollout's trajectory would hold.
+  """
+
+  steps: tuple[PlanStep, ...]
   kind: str = "gold"
   flawed_step: int = 0
 
   def __post_init__(self):
     if not self.steps or self.steps[-1].answer is None:
-      raise ValueError("a Trajectory must end with an answer step")
+      raise ValueError("a Plan must end with an answer step")
     if any(s.answer is not None for s in self.steps[:-1]):
-      raise ValueError("only the last step of a Trajectory may answer")
+      raise ValueError("only the last step of a Plan may answer")
     if self.kind not in ("gold", *CORRUPTIONS):
-      raise ValueError(f"Trajectory.kind must be 'gold' or one of {CORRUPTIONS}, got {self.kind}")
+      raise ValueError(f"Plan.kind must be 'gold' or one of {CORRUPTIONS}, got {self.kind}")
     if (self.kind == "gold") != (self.flawed_step == 0) or not (
       0 <= self.flawed_step <= len(self.steps)
     ):
       raise ValueError(
-        f"Trajectory.flawed_step {self.flawed_step} does not fit kind "
+        f"Plan.flawed_step {self.flawed_step} does not fit kind "
         f"{self.kind!r} and {len(self.steps)} steps"
       )
 
@@ -70,7 +74,7 @@ class Trajectory:
 
 def build_trajectory(
   fx: Facts, rels, queried, read, needs, kind="gold", flawed=0, answer=None
-) -> Trajectory:
+) -> Plan:
   """Searches `queried[k]` for `rels[k]` of `needs[k]`, reads `read[k]`, then answers.
 
   The answer defaults to the last value read; with no query the trajectory answers at once.
@@ -78,18 +82,16 @@ def build_trajectory(
   steps, prev = [], ""
   for k, q in enumerate(queried):
     need = f"I need to find {RELATIONS[rels[k]].phrase.format(s=fx.text(needs[k]))}."
-    steps.append(Step(f"{prev} {need}".strip(), query=fx.text(q), gold_passage_id=q))
+    steps.append(PlanStep(f"{prev} {need}".strip(), query=fx.text(q), gold_passage_id=q))
     prev = RELATIONS[rels[k]].fact.format(s=fx.text(q), o=fx.text(read[k]))
   answer = fx.text(read[-1]) if answer is None else answer
   if not prev:  # an answer before any search
     prev = f"I need to find {RELATIONS[rels[0]].phrase.format(s=fx.text(needs[0]))}."
-  steps.append(Step(f"{prev} The answer is {answer}.", answer=answer))
-  return Trajectory(tuple(steps), kind, flawed)
+  steps.append(PlanStep(f"{prev} The answer is {answer}.", answer=answer))
+  return Plan(tuple(steps), kind, flawed)
 
 
-def corrupt(
-  fx: Facts, rels, chain, values, kind: str, k: int, rng: random.Random
-) -> Trajectory | None:
+def corrupt(fx: Facts, rels, chain, values, kind: str, k: int, rng: random.Random) -> Plan | None:
   """A trajectory whose first flaw is at hop `k` (0-based), or None if none differs."""
   gold_answer = fx.text(values[-1])
   if kind == "premature":  # answers at step k+1, before reading hop k's passage
@@ -127,9 +129,7 @@ def corrupt(
 # Rendering in the agent's tag protocol.
 
 
-def render_steps(
-  trajectory: Trajectory, search_fn: Callable[[str], str]
-) -> list[tuple[str, str | None]]:
+def render_steps(trajectory: Plan, search_fn: Callable[[str], str]) -> list[tuple[str, str | None]]:
   """Each step as `(assistant_text, information_text or None)`.
 
   Args:
@@ -151,6 +151,6 @@ def render_steps(
   return out
 
 
-def render_trajectory(trajectory: Trajectory, search_fn: Callable[[str], str]) -> str:
+def render_trajectory(trajectory: Plan, search_fn: Callable[[str], str]) -> str:
   """The trajectory as the Actor's response text, with observations from `search_fn`."""
   return "".join(a + (t or "") for a, t in render_steps(trajectory, search_fn))

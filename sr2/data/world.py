@@ -15,11 +15,12 @@ import dataclasses
 import functools
 import random
 
-from sr2.data.qa import QAExample
+from sr2.configlib import is_int_at_least
+from sr2.data.examples import QAExample
 from sr2.data.trajectories import (
   CORRUPTIONS,
-  Step,
-  Trajectory,
+  Plan,
+  PlanStep,
   build_trajectory,
   corrupt,
   render_steps,
@@ -33,8 +34,8 @@ __all__ = [
   "RELATIONS",
   "SPLITS",
   "Entity",
-  "Step",
-  "Trajectory",
+  "PlanStep",
+  "Plan",
   "World",
   "WorldConfig",
   "WorldQuestion",
@@ -70,7 +71,7 @@ class WorldConfig:
       "num_landmarks",
     ):
       v = getattr(self, f)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+      if not is_int_at_least(v, 0):
         raise ValueError(f"WorldConfig.{f} must be an int >= 0, got {v!r}")
     for f in ("num_persons", "num_companies", "num_countries"):
       if getattr(self, f) < 2:
@@ -85,12 +86,9 @@ class WorldConfig:
       if isinstance(v, str) or len(v) != n:
         raise ValueError(f"WorldConfig.{f} must have {n} entries, got {v!r}")
       object.__setattr__(self, f, tuple(v))
-    if any(
-      isinstance(q, bool) or not isinstance(q, int) or q < 0 for q in self.questions_per_hop
-    ) or not sum(self.questions_per_hop):
-      raise ValueError(
-        f"WorldConfig.questions_per_hop must be ints >= 0, not all 0, got {self.questions_per_hop}"
-      )
+    hops = self.questions_per_hop
+    if not all(is_int_at_least(q, 0) for q in hops) or not sum(hops):
+      raise ValueError(f"WorldConfig.questions_per_hop must be ints >= 0, not all 0, got {hops}")
     fr = self.split_fractions
     if any(not isinstance(x, int | float) or x < 0 for x in fr) or abs(sum(fr) - 1) > 1e-6:
       raise ValueError(f"WorldConfig.split_fractions must be >= 0 and sum to 1, got {fr}")
@@ -108,11 +106,11 @@ class WorldQuestion:
   split: str
   relations: tuple[str, ...]
   chain: tuple[str, ...]  # entity ids searched at hops 1..n
-  gold: Trajectory
-  corrupted: tuple[Trajectory, ...]
+  gold: Plan
+  corrupted: tuple[Plan, ...]
   # Multi-hop only: searches every hop but the last, then answers with the bridge entity
   # (a premature answer one hop short; the warm start's demonstrator may imitate it).
-  stop_short: Trajectory | None = None
+  stop_short: Plan | None = None
 
   @property
   def hops(self) -> int:

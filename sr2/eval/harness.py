@@ -30,15 +30,14 @@ from absl import logging
 
 from sr2 import models
 from sr2.agent.rollout import RolloutConfig
-from sr2.configlib import ConfigError, check_keys, from_config
-from sr2.data.qa import read_qa_jsonl
+from sr2.configlib import ConfigError, check_ints, check_keys, from_config
+from sr2.data.examples import dataset_file, read_qa_jsonl
 from sr2.eval import methods as methods_lib
 from sr2.retrieval import BM25Config, BM25Index, pool_multihop_paragraphs, read_jsonl_corpus
 from sr2.rewards.qa import exact_match, f1
 from sr2.sampling import Sampler, SamplingConfig, sampling_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-KINDS = ("multihop", "qa")
 _GROUPS = ("model", "sampling", "rollout", "retrieval", "eval")
 
 SamplerFactory = Callable[[str, SamplingConfig], Any]  # (method, sampling config) -> sampler
@@ -90,10 +89,8 @@ class EvalConfig:
     bad = [m for m in self.methods if m not in methods_lib.METHODS]
     if bad or len(set(self.methods)) != len(self.methods):
       raise ConfigError(f"eval.methods={self.methods}; expected distinct {methods_lib.METHODS}")
-    for name in ("limit", "batch_size", "max_new_tokens", "cot_max_new_tokens"):
-      value, low = getattr(self, name), 0 if name == "limit" else 1
-      if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"eval.{name}={value!r}; expected an int >= {low}")
+    check_ints(self, "eval", ("limit",), minimum=0)
+    check_ints(self, "eval", ("batch_size", "max_new_tokens", "cot_max_new_tokens"))
     corpora = dict(self.corpora)
     if not all(isinstance(v, str) for kv in corpora.items() for v in kv):
       raise ConfigError(f"eval.corpora must map set names to corpus paths, got {corpora!r}")
@@ -141,13 +138,7 @@ def resolve_datasets(cfg: EvalConfig) -> list[DatasetSpec]:
   root, out = data_root(cfg), []
   needs_corpus = any(m in methods_lib.RETRIEVAL_METHODS for m in cfg.methods)
   for name in cfg.datasets:
-    base, _, split = name.partition(":")
-    kind, _, set_name = base.partition("/")
-    if kind not in KINDS or not set_name or "/" in set_name:
-      raise ConfigError(f"eval.datasets: {name!r}; expected multihop/<set> or qa/<name>[:split]")
-    path = root / kind / set_name / f"{split or cfg.split}.jsonl"
-    if not path.is_file():
-      raise ConfigError(f"eval.datasets: {name!r} has no file {path}")
+    kind, set_name, path = dataset_file(root, name, cfg.split, "eval.datasets")
     corpus = ""
     if kind == "qa" and needs_corpus:
       corpus = cfg.corpora.get(set_name, cfg.corpus)

@@ -24,11 +24,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sr2.agent import protocol
+from sr2.agent import rollout as rollout_lib
 from sr2.agent.rollout import RolloutConfig
-from sr2.agent.rollout import rollout as run_rollout
 from sr2.data import prompts
-from sr2.data.qa import QAExample
+from sr2.data.examples import QAExample
 from sr2.retrieval.corpus import format_documents
 from sr2.rewards.qa import extract_answer
 from sr2.sampling import rows_since
@@ -47,7 +46,7 @@ def stop_strings(method: str) -> tuple[str, ...]:
   """Where a turn ends: the baselines stop at `</answer>`, the agent also at `</search>`."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-  return protocol.STOP_STRINGS if method == "agent" else (prompts.ANSWER_CLOSE,)
+  return prompts.STOP_STRINGS if method == "agent" else (prompts.ANSWER_CLOSE,)
 
 
 def read_prediction(text: str) -> tuple[str, bool]:
@@ -146,8 +145,11 @@ def run_agent(
   tok = sampler.tokenizer
   chat = _chat(tok)
   ids = [tok.encode(prompts.actor_prompt(ex.question, chat)) for ex in examples]
+  state, records = rollout_lib.run(
+    sampler, params, ids, retriever, rollout, rng=rng, batch=batch_size
+  )
   out = []
-  for traj in run_rollout(sampler, params, ids, retriever, rollout, rng=rng, batch=batch_size):
+  for traj in rollout_lib.finish(state, records, tok):
     out.append(
       {
         "prediction": traj.answer,

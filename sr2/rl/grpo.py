@@ -181,30 +181,6 @@ def kl_penalty(
   return loss, {"kl_loss": loss, "kl_max": kl_max}
 
 
-def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-  """log softmax(logits)[target] in float32: logits_y − logsumexp(logits).
-
-  logits[:, t] must be the prediction for targets[:, t] (shift before calling).
-  """
-  logits = logits_BxTxV.astype(jnp.float32)
-  picked_BxT = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
-  return picked_BxT - jax.nn.logsumexp(logits, axis=-1)
-
-
-def entropy_from_logits(logits_BxTxV: jax.Array, mask_BxT: jax.Array) -> jax.Array:
-  """Masked token-mean of H_t = −Σ_v p_v log p_v, p = softmax(logits) in float32.
-
-  Terms with p_v = 0 (e.g. −inf logits) contribute 0 and no NaN gradient; masked rows
-  are zeroed first so their logits cannot leak NaN into the gradient.
-  """
-  logits = jnp.where(mask_BxT[..., None] != 0, logits_BxTxV.astype(jnp.float32), 0.0)
-  logp_BxTxV = jax.nn.log_softmax(logits, axis=-1)
-  p_BxTxV = jnp.exp(logp_BxTxV)
-  safe_logp = jnp.where(p_BxTxV > 0, logp_BxTxV, 0.0)
-  h_BxT = -jnp.sum(p_BxTxV * safe_logp, axis=-1)
-  return masked_mean(h_BxT, mask_BxT)
-
-
 NONFINITE_POLICIES = ("skip", "stop")
 
 
@@ -273,9 +249,9 @@ def grpo_loss(
   """Negated Eq. 2: loss = L_clip + β · KL(π_θ ‖ π_ref) − c_ent · H.
 
   ref_logp may be None only when config.kl_coef == 0 (no reference forward pass).
-  `entropy` is a scalar from `entropy_from_logits` (it needs the full logits, which this
-  function does not see); it enters the loss only if entropy_coef > 0, and is logged
-  whenever given.
+  `entropy` is a scalar, the masked mean of `logprobs.token_entropy` (it needs the full
+  logits, which this function does not see); it enters the loss only if entropy_coef > 0,
+  and is logged whenever given.
   """
   loss, metrics = policy_loss(
     logp_BxT,

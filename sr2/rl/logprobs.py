@@ -11,8 +11,9 @@ price is one more head matmul per chunk on the backward pass.
 Both paths compute the same functions (up to float reassociation):
   logp[b, t]  = log softmax(logits[b, t])[x[b, t+1]],                t = 0 .. T-2
   entropy     = Σ_bt m_bt H_bt / max(Σ_bt m_bt, 1),  H_bt = −Σ_v p_v log p_v
-with the NaN safety of `grpo.entropy_from_logits` (masked rows zeroed before softmax,
-p_v = 0 terms contribute 0).
+with the NaN safety of `token_entropy` (masked rows zeroed before softmax, p_v = 0 terms
+contribute 0). `target_logprobs` and `token_entropy` are the two per-position functions
+every path (GRPO, SFT, the reference policy) is built from.
 """
 
 from __future__ import annotations
@@ -24,11 +25,25 @@ import jax.numpy as jnp
 
 from sr2.models import transformer
 from sr2.models.config import ModelConfig
-from sr2.rl import grpo
+from sr2.rl.grpo import masked_mean
 
 
-def _token_entropy(logits_BxTxV: jax.Array, mask_BxT: jax.Array) -> jax.Array:
-  """H_t = −Σ_v p_v log p_v per position, as in `grpo.entropy_from_logits` before its mean."""
+def target_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  """log softmax(logits)[target] in float32: logits_y − logsumexp(logits), [B, T].
+
+  logits[:, t] must be the prediction for targets[:, t] (shift before calling).
+  """
+  logits = logits_BxTxV.astype(jnp.float32)
+  picked_BxT = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
+  return picked_BxT - jax.nn.logsumexp(logits, axis=-1)
+
+
+def token_entropy(logits_BxTxV: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+  """H_t = −Σ_v p_v log p_v per position in float32, [B, T].
+
+  Terms with p_v = 0 (e.g. −inf logits) contribute 0 and no NaN gradient; masked rows are
+  zeroed first so their logits cannot leak NaN into the gradient.
+  """
   logits = jnp.where(mask_BxT[..., None] != 0, logits_BxTxV.astype(jnp.float32), 0.0)
   logp_BxTxV = jax.nn.log_softmax(logits, axis=-1)
   p_BxTxV = jnp.exp(logp_BxTxV)
@@ -54,10 +69,10 @@ def _chunked(config, params, x_BxNxD, targets_BxN, mask_BxN, chunk: int, with_en
   @functools.partial(jax.checkpoint, prevent_cse=False)
   def one_chunk(head, x_BxCxD, targets_BxC, mask_BxC):
     logits_BxCxV = transformer.logits_from_hidden(config, head, x_BxCxD)
-    logp_BxC = grpo.token_logprobs(logits_BxCxV, targets_BxC)
+    logp_BxC = target_logprobs(logits_BxCxV, targets_BxC)
     if not with_entropy:
       return logp_BxC, None
-    return logp_BxC, _token_entropy(logits_BxCxV, mask_BxC)
+    return logp_BxC, token_entropy(logits_BxCxV, mask_BxC)
 
   head = transformer.head_params(config, params)
   logp_LxBxC, h_LxBxC = jax.lax.map(
@@ -78,7 +93,7 @@ def token_logprobs(
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """log p(tokens[:, t] | tokens[:, :t]) for t >= 1, optionally with the masked entropy.
 
-  Same alignment as `sft.token_logprobs`: column t of the result scores token t + 1.
+  Column t of the result scores token t + 1.
 
   Args:
     config: the model's static config.
@@ -88,7 +103,7 @@ def token_logprobs(
       of positions per head chunk (static, >= 1; clipped to T-1). Values and gradients
       match the plain path.
     with_entropy: also return the masked token-mean entropy of the predictive
-      distributions (`grpo.entropy_from_logits`).
+      distributions (`token_entropy`).
     entropy_mask_BxT: 0/1 mask [B, T-1] aligned with the result (e.g. the GRPO loss
       mask); None = every position. Only valid with `with_entropy=True`.
 
@@ -115,10 +130,11 @@ def token_logprobs(
 
   if chunk_size is None:
     logits_BxNxV = transformer.forward(config, params, inputs_BxN)
-    logp_BxN = grpo.token_logprobs(logits_BxNxV, targets_BxN)
+    logp_BxN = target_logprobs(logits_BxNxV, targets_BxN)
     if not with_entropy:
       return logp_BxN
-    return logp_BxN, grpo.entropy_from_logits(logits_BxNxV, entropy_mask_BxT)
+    h_BxN = token_entropy(logits_BxNxV, entropy_mask_BxT)
+    return logp_BxN, masked_mean(h_BxN, entropy_mask_BxT)
 
   x_BxNxD = transformer.forward_hidden(config, params, inputs_BxN)
   chunk = min(chunk_size, t - 1)
@@ -127,4 +143,4 @@ def token_logprobs(
   )
   if not with_entropy:
     return logp_BxN
-  return logp_BxN, grpo.masked_mean(h_BxN, entropy_mask_BxT)
+  return logp_BxN, masked_mean(h_BxN, entropy_mask_BxT)

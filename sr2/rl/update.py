@@ -1,9 +1,4 @@
-"""The GRPO update: trajectories -> a padded batch -> one jitted, sharded optimizer step.
-
-Alignment: a row is `prompt + response` right-padded to T tokens. Position t of every
-[B, T-1] array is about predicting token t + 1, so the loss mask and the sampler's
-log-probs (which sit on the sampled token) move one place left. Prompt, observation and
-padding targets have mask 0.
+"""The GRPO update: a padded batch (rl/batch.py) -> one jitted, sharded optimizer step.
 
 Sharding: params and optimizer state are laid out by their logical axes (parallel/rules.py)
 and the batch along `batch`; the step is one `jax.jit` with explicit in/out shardings and
@@ -14,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -28,38 +21,6 @@ from sr2.parallel import AxisRules, tree_shardings
 from sr2.rl import grpo, logprobs, micro
 
 BATCH_KEYS = ("tokens", "mask", "old_logp", "ref_logp", "adv")
-
-
-def policy_batch(
-  prompts: Sequence[Sequence[int]],
-  responses: Sequence[Sequence[int]],
-  loss_masks: Sequence[Sequence[int]],
-  logprobs: Sequence[Sequence[float]],
-  advantages: Sequence[float],
-  pad_id: int,
-  length: int,
-) -> dict[str, np.ndarray]:
-  """Host arrays of one update: tokens [B, T]; mask, old_logp [B, T-1]; adv [B]."""
-  b = len(prompts)
-  tokens = np.full((b, length), pad_id, np.int32)
-  mask = np.zeros((b, length - 1), np.int32)
-  old_logp = np.zeros((b, length - 1), np.float32)
-  for i, (p, r, m, lp) in enumerate(zip(prompts, responses, loss_masks, logprobs, strict=True)):
-    n = len(p) + len(r)
-    if n > length:
-      raise ValueError(f"row {i} has {n} tokens; the batch length is {length}")
-    if not len(r) == len(m) == len(lp):
-      raise ValueError(f"row {i}: response, loss mask and log-probs differ in length")
-    tokens[i, :n] = [*p, *r]
-    # Target index t predicts token t + 1: response token j sits at t = len(p) + j - 1.
-    mask[i, len(p) - 1 : n - 1] = m
-    old_logp[i, len(p) - 1 : n - 1] = lp
-  return {
-    "tokens": tokens,
-    "mask": mask,
-    "old_logp": old_logp,
-    "adv": np.asarray(advantages, np.float32),
-  }
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -94,9 +55,8 @@ def loss_and_grads(model, cfg, params, mb):
   in a `lax.scan` and their gradients are summed, weighted so that loss, gradients and
   metrics are those of the whole mini-batch (`micro.weights`, up to float
   reassociation); the sum is kept in float32 and cast to the params' dtype at the end.
-  Only the activations of one micro-batch are live at a time: on the 2-core CPU an update
-  over 40 rows of 768 tokens takes 2.09 s in 10-row passes against 3.31 s in one
-  (BENCHMARKS.md, `benchmark.py update`); on accelerators this bounds activation memory.
+  Only the activations of one micro-batch are live at a time, which bounds activation
+  memory (and on CPU keeps the working set in cache).
   """
   rows = mb["tokens"].shape[0]
   size = cfg.micro_batch_rows or rows

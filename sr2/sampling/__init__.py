@@ -1,13 +1,13 @@
 """Jitted KV-cache sampling: prefill/append/truncate/decode with in-loop stop strings."""
 
 from sr2.sampling.methods import Greedy, Method, Temperature, TopK, TopP, parse_method, sample
-from sr2.sampling.sampler import (
+from sr2.sampling.sampler import Sampler, rows_since
+from sr2.sampling.state import (
   DEFAULT_STOP_STRINGS,
   FINISH_NAMES,
-  Sampler,
   SamplingConfig,
   SamplingState,
-  rows_since,
+  bucket,
   sampling_config,
 )
 
@@ -22,6 +22,7 @@ __all__ = [
   "Temperature",
   "TopK",
   "TopP",
+  "bucket",
   "parse_method",
   "rows_since",
   "sample",

@@ -43,19 +43,7 @@ from sr2.models import transformer
 from sr2.models.config import ModelConfig
 from sr2.sampling import kernels
 from sr2.sampling import stops as stops_lib
-from sr2.sampling.state import (  # noqa: F401  (re-exported for callers of this module)
-  CONTEXT_FULL,
-  DEFAULT_BUCKETS,
-  DEFAULT_STOP_STRINGS,
-  EOS,
-  FINISH_NAMES,
-  MAX_NEW_TOKENS,
-  RUNNING,
-  STOP_STRING,
-  SamplingConfig,
-  SamplingState,
-  sampling_config,
-)
+from sr2.sampling.state import FINISH_NAMES, SamplingConfig, SamplingState, bucket
 
 
 class Sampler:
@@ -109,10 +97,7 @@ class Sampler:
     return self._bucket(n)
 
   def _bucket(self, n: int) -> int:
-    for b in self.config.buckets:
-      if b >= n:
-        return min(b, self.config.max_len)
-    return self.config.max_len
+    return bucket(n, self.config.buckets, cap=self.config.max_len)
 
   def append(
     self, params, state: SamplingState, rows: Sequence[int], token_chunks: Sequence[Sequence[int]]
@@ -134,12 +119,7 @@ class Sampler:
         raise ValueError(f"row {r} appears twice in one append")
       if len(chunk) == 0:
         raise ValueError(f"row {r}: empty token chunk")
-      if lengths[r] + len(chunk) > state.max_len:
-        raise ValueError(
-          f"row {r}: {lengths[r]} + {len(chunk)} tokens exceed the row capacity "
-          f"{state.max_len}; finish the row or raise sampling.max_len"
-        )
-      chunk_len[r] = len(chunk)
+      chunk_len[r] = self._fitting_len(state, r, lengths[r], chunk)
     width = self._bucket(int(chunk_len.max()))
     arr = np.zeros((b, width), np.int32)
     for r, chunk in zip(rows, token_chunks, strict=True):
@@ -182,11 +162,7 @@ class Sampler:
         raise ValueError(f"row {r} is empty; score_after reads after a row's tokens")
       if len(chunk) == 0 or len(cand) == 0:
         raise ValueError(f"row {r}: empty chunk or no choices")
-      if lengths[r] + len(chunk) > state.max_len:
-        raise ValueError(
-          f"row {r}: {lengths[r]} + {len(chunk)} tokens exceed the row capacity {state.max_len}"
-        )
-      chunk_len[r] = len(chunk)
+      chunk_len[r] = self._fitting_len(state, r, lengths[r], chunk)
     # The chunks here (the refiner's question) are short and of one or two lengths: a
     # multiple of 16 pads them less than the chunk buckets would, and compiles as few.
     width = -(-int(chunk_len.max()) // 16) * 16
@@ -263,6 +239,16 @@ class Sampler:
     idx = np.zeros(batch, np.int32)
     idx[: len(rows)] = rows
     return jnp.asarray(idx), jnp.asarray(np.arange(batch) < len(rows))
+
+  @staticmethod
+  def _fitting_len(state: SamplingState, row: int, length: int, chunk: Sequence[int]) -> int:
+    """`len(chunk)`, after checking that it fits after the `length` tokens of `row`."""
+    if length + len(chunk) > state.max_len:
+      raise ValueError(
+        f"row {row}: {length} + {len(chunk)} tokens exceed the row capacity "
+        f"{state.max_len}; finish the row or raise sampling.max_len"
+      )
+    return len(chunk)
 
   @staticmethod
   def _check_rows(state: SamplingState, rows: Sequence[int]) -> np.ndarray:

@@ -8,10 +8,12 @@ rows, appends and cuts uniform.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 
 from sr2.configlib import ConfigError, check_keys
+from sr2.data.prompts import STOP_STRINGS as DEFAULT_STOP_STRINGS  # the agent's turn ends
 from sr2.sampling import methods as methods_lib
 
 # Why a row stopped.
@@ -23,8 +25,16 @@ FINISH_NAMES = {
   MAX_NEW_TOKENS: "max_new_tokens",
   CONTEXT_FULL: "context_full",
 }
-DEFAULT_STOP_STRINGS = ("</search>", "</answer>")
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+
+
+def bucket(n: int, buckets: Sequence[int], cap: int | None = None) -> int:
+  """The smallest of `buckets` that holds `n` tokens, so a run compiles few shapes.
+
+  Past the largest bucket: `n` itself, or `cap` when given; the result never exceeds `cap`.
+  """
+  b = next((b for b in buckets if b >= n), n if cap is None else cap)
+  return b if cap is None else min(b, cap)
 
 
 @dataclasses.dataclass(frozen=True)

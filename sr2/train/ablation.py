@@ -23,7 +23,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sr2.rl.metrics import read_metrics
+from sr2.train.metrics import read_metrics
 
 COLUMNS = (
   "em_before",
@@ -156,7 +156,7 @@ def run_arms(
     reuse: arm -> workdir pattern with `{seed}` of runs made elsewhere (e.g. the main job's
       runs as the Search-R1 arm); they must have finished.
   """
-  from sr2.rl.job import train_and_evaluate  # the training stack, only when runs are made
+  from sr2.train.loop import train_and_evaluate  # the training stack, only when runs are made
 
   reuse = dict(reuse or {})
   runs: dict[str, dict[int, pathlib.Path]] = {arm: {} for arm in arms}

@@ -18,17 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sr2.agent import rollout
 from sr2.agent.refiner import Decision, RefinerConfig, refine
-from sr2.agent.rollout import (
-  Trajectory,
-  continue_rollout,
-  continue_rows,
-  finish_rollout,
-  rewind,
-  start_rollout,
-)
+from sr2.agent.rollout import Trajectory
 from sr2.rl import drivers
-from sr2.rl.task import Question, Task
+from sr2.train.task import Question, Task
 
 # (questions, trajectories) -> (outcome [N], process [N], total [N])
 RewardFn = Callable[[Sequence[Question], Sequence[Trajectory]], tuple[np.ndarray, ...]]
@@ -70,12 +64,11 @@ def _cut_from(choice_logprobs, n: int, rng: np.random.Generator) -> int:
   return min(int(rng.choice(len(rest), p=p / p.sum())) + 1, n)
 
 
-def _regenerate(sampler, params, state, records, rows, steps, task, retriever):
-  state = jax.tree.map(jnp.copy, state)
-  records = copy.deepcopy(records)
-  state = rewind(sampler, state, records, rows, steps)
-  state = continue_rows(sampler, params, state, records, rows, retriever, task.rollout)
-  return finish_rollout(state, records, sampler.tokenizer)
+def _counterfactual(sampler, params, snapshot, rows, steps, task, retriever):
+  """`rollout.regenerate` on a copy of the drafts' `snapshot`: their trajectories after it."""
+  state, records = jax.tree.map(jnp.copy, snapshot[0]), copy.deepcopy(snapshot[1])
+  state = rollout.regenerate(sampler, params, state, records, rows, steps, retriever, task.rollout)
+  return rollout.finish(state, records, sampler.tokenizer)
 
 
 def collect(
@@ -95,8 +88,9 @@ def collect(
   retriever = TimedRetriever(task.retriever)
   t0 = time.perf_counter()
   prompts = [task.prompt_ids(q) for q in questions]
-  state, records = start_rollout(sampler, params, prompts, rng, batch)
-  state = continue_rollout(sampler, params, state, records, retriever, task.rollout)
+  state, records = rollout.run(
+    sampler, params, prompts, retriever, task.rollout, rng=rng, batch=batch
+  )
   t_roll = time.perf_counter() - t0
   m: dict[str, float] = {}
   if refiner.enabled:
@@ -117,7 +111,7 @@ def collect(
     m["judge_s"], m["regenerate_s"] = out.judge_s, out.regenerate_s
     trajs, drafts, decisions = out.trajectories, out.drafts, out.decisions
   else:
-    trajs = finish_rollout(state, records, sampler.tokenizer)
+    trajs = rollout.finish(state, records, sampler.tokenizer)
     drafts, decisions = trajs, [[] for _ in trajs]
   t2 = time.perf_counter()
   outcome, process, reward = reward_fn(questions, trajs)
@@ -147,7 +141,6 @@ def _probe(
   task, sampler, params, snapshot, got: Collected, reward_fn, retriever, np_rng
 ) -> dict[str, float]:
   """Counterfactual regenerations for the drivers (see rl/drivers.py), on judged drafts."""
-  state, records = snapshot
   questions, decisions, drafts = got.questions, got.decisions, got.drafts
   reward, draft_reward = got.reward, got.draft_reward
   rows = [i for i, ds in enumerate(decisions) if ds]
@@ -157,7 +150,7 @@ def _probe(
   j_trim = {i: float(reward[i]) for i in rows if first[i].revise}
   if accepted:
     cuts = [_cut_from(first[i].choice_logprobs, n_steps[i], np_rng) for i in accepted]
-    cf = _regenerate(sampler, params, state, records, accepted, cuts, task, retriever)
+    cf = _counterfactual(sampler, params, snapshot, accepted, cuts, task, retriever)
     r_cf = reward_fn([questions[i] for i in accepted], [cf[i] for i in accepted])[2]
     j_trim.update({i: float(r) for i, r in zip(accepted, r_cf, strict=True)})
   partner = np_rng.permutation(rows)
@@ -165,7 +158,7 @@ def _probe(
     _cut_from(first[p].choice_logprobs, n_steps[i], np_rng)
     for i, p in zip(rows, partner, strict=True)
   ]
-  rnd = _regenerate(sampler, params, state, records, rows, cuts, task, retriever)
+  rnd = _counterfactual(sampler, params, snapshot, rows, cuts, task, retriever)
   r_rnd = reward_fn([questions[i] for i in rows], [rnd[i] for i in rows])[2]
   d = drivers.decomposition(
     np.asarray([not first[i].revise for i in rows]),

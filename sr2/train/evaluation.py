@@ -14,16 +14,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sr2.agent import rollout
 from sr2.agent.refiner import RefinerConfig, judge, refine
-from sr2.agent.rollout import continue_rollout, finish_rollout, start_rollout
+from sr2.configlib import check_ints
 from sr2.rewards import exact_match
-from sr2.rl.task import Question, Task, TrimmerProbe
 from sr2.sampling import Sampler, SamplingConfig
+from sr2.train.task import JudgeCase, Question, Task
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
-  """Greedy evaluation (config.eval).
+class TrainEvalConfig:
+  """Greedy evaluation inside a training run (config.eval).
 
   Attributes:
     split: the split evaluated before and after RL.
@@ -42,14 +43,11 @@ class EvalConfig:
   use_refiner: bool = False
 
   def __post_init__(self):
-    for name in ("limit", "every", "dev_limit"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"eval.{name}={getattr(self, name)}; expected >= 0")
-    if self.batch_size < 1:
-      raise ValueError(f"eval.batch_size={self.batch_size}; expected >= 1")
+    check_ints(self, "eval", ("limit", "every", "dev_limit"), minimum=0, error=ValueError)
+    check_ints(self, "eval", ("batch_size",), error=ValueError)
 
 
-def evaluate(
+def evaluate_policy(
   task: Task,
   params,
   questions: Sequence[Question],
@@ -64,8 +62,9 @@ def evaluate(
   for i in range(0, len(questions), batch_size):
     chunk = questions[i : i + batch_size]
     prompts = [task.prompt_ids(q) for q in chunk]
-    state, records = start_rollout(sampler, params, prompts, None, batch=batch_size)
-    state = continue_rollout(sampler, params, state, records, task.retriever, task.rollout)
+    state, records = rollout.run(
+      sampler, params, prompts, task.retriever, task.rollout, batch=batch_size
+    )
     if refiner is not None:
       out = refine(
         sampler,
@@ -81,7 +80,7 @@ def evaluate(
       trajs += out.trajectories
       revised += out.revised.tolist()
     else:
-      trajs += finish_rollout(state, records, task.tokenizer)
+      trajs += rollout.finish(state, records, task.tokenizer)
   em = np.asarray([exact_match(t.answer, q.golds) for t, q in zip(trajs, questions, strict=True)])
   hops = np.asarray([q.hops for q in questions])
   out = {
@@ -97,7 +96,7 @@ def evaluate(
 
 
 def trimmer_accuracy(
-  task: Task, params, probes: Sequence[TrimmerProbe], config: RefinerConfig, batch_size: int = 64
+  task: Task, params, cases: Sequence[JudgeCase], config: RefinerConfig, batch_size: int = 64
 ) -> dict[str, float]:
   """Gate and Trimmer accuracy (argmax) on trajectories with a known first flawed step.
 
@@ -106,11 +105,11 @@ def trimmer_accuracy(
   ones (a missed flag counts as wrong); per corruption kind too.
   """
   decisions = []
-  for i in range(0, len(probes), batch_size):
-    chunk = probes[i : i + batch_size]
-    items = [(p.question, list(p.steps)) for p in chunk]
+  for i in range(0, len(cases), batch_size):
+    chunk = cases[i : i + batch_size]
+    items = [(c.question, list(c.steps)) for c in chunk]
     decisions += judge(task.model, params, task.tokenizer, items, config, rng=None)
-  flawed = np.asarray([p.flawed_step for p in probes])
+  flawed = np.asarray([c.flawed_step for c in cases])
   step = np.asarray([d.step if d is not None else 0 for d in decisions])
   bad = flawed > 0
   flagged = step > 0
@@ -121,7 +120,7 @@ def trimmer_accuracy(
     if (bad & flagged).any()
     else 0.0,
   }
-  kinds = np.asarray([p.kind for p in probes])
+  kinds = np.asarray([c.kind for c in cases])
   for kind in sorted(set(kinds.tolist()) - {"gold"}):
     sel = kinds == kind
     out[f"trim_recall_{kind}"] = float(np.mean(step[sel] == flawed[sel]))

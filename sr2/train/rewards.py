@@ -17,7 +17,7 @@ from sr2.agent.rollout import Trajectory
 from sr2.rewards import exact_match
 from sr2.rewards.hybrid import hybrid_reward
 from sr2.rewards.process import Collection, JudgeItem, LexicalJudge, ProcessConfig, make_judge
-from sr2.rl.task import Question, Task
+from sr2.train.task import Question, Task
 
 PROCESS = ("none", "lexical", "llm")
 

@@ -17,9 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sr2.models import transformer
 from sr2.models.config import ModelConfig
-from sr2.rl import grpo
+from sr2.rl.logprobs import token_logprobs
+from sr2.sampling import bucket
+
+# Batch lengths: an SFT batch pads to the smallest that holds its longest example.
+SFT_BUCKETS = (128, 256, 320, 384, 448, 512, 576, 640, 768, 1024)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,18 +92,12 @@ def batch(examples: Sequence[Example], pad_id: int, length: int) -> tuple[np.nda
   return tokens, mask
 
 
-def token_logprobs(config: ModelConfig, params, tokens_BxT: jax.Array) -> jax.Array:
-  """log p(tokens[:, t] | tokens[:, :t]) for t >= 1, float32 [B, T-1]."""
-  logits = transformer.forward(config, params, tokens_BxT[:, :-1])
-  return grpo.token_logprobs(logits, tokens_BxT[:, 1:])
-
-
 def sft_loss(config: ModelConfig, params, tokens_BxT: jax.Array, mask_BxT: jax.Array):
   """Mean negative log-likelihood over masked target tokens.
 
   loss = -sum_{b,t} m[b,t] log p(x[b,t] | x[b,<t]) / sum m,  t >= 1.
   """
-  logp = token_logprobs(config, params, tokens_BxT)
+  logp = token_logprobs(config, params, tokens_BxT)  # [B, T-1], unchunked
   m = mask_BxT[:, 1:].astype(jnp.float32)
   n = jnp.maximum(m.sum(), 1.0)
   loss = -(logp * m).sum() / n
@@ -136,7 +133,7 @@ def run_sft(
   batch_size: int,
   pad_id: int,
   seed: int = 0,
-  buckets: Sequence[int] = (128, 256, 320, 384, 448, 512, 576, 640, 768, 1024),
+  buckets: Sequence[int] = SFT_BUCKETS,
   log: Callable[[int, dict], None] | None = None,
 ):
   """Trains for `steps` steps on shuffled epochs of `examples`; returns (params, opt_state).
@@ -155,7 +152,7 @@ def run_sft(
     idx, order = order[:batch_size], order[batch_size:]
     chosen = [e.draw(rng) if isinstance(e, Choice) else e for e in (examples[i] for i in idx)]
     longest = max(len(e.ids) for e in chosen)
-    length = next((b for b in buckets if b >= longest), longest)
+    length = bucket(longest, buckets)
     tokens, mask = batch(chosen, pad_id, length)
     params, opt_state, metrics = sft_step(
       config, optimizer, params, opt_state, jnp.asarray(tokens), jnp.asarray(mask)

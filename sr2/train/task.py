@@ -5,7 +5,7 @@ Two sources (`config.data.source`):
          a small model from `config.model` initialised at random, SFT examples rendered
          from the gold trajectories (with `config.data.stop_short`, a share of multi-hop
          demonstrations answers one hop early), and corrupted trajectories with a known first flawed
-         step (to measure the Meta-Refiner's Trimmer).
+         step (to measure the Meta-Refiner's gate and Trimmer: `JudgeCase`).
   qa     FlashRAG-format QA files named as the evaluation harness names them
          (`qa/<name>[:split]`, `multihop/<set>[:split]` under `config.data.data_root`), BM25
          over `config.data.corpus` (a JSONL corpus or a saved index dir) or, when empty,
@@ -21,17 +21,15 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from sr2 import models
 from sr2.agent.rollout import RolloutConfig
 from sr2.configlib import ConfigError, from_config
 from sr2.data import WorldConfig, actor_prompt, build_world
-from sr2.data.qa import read_qa_jsonl
+from sr2.data.examples import dataset_file, read_qa_jsonl
 from sr2.data.trajectories import render_steps
 from sr2.data.world_tokenizer import train_tokenizer
 from sr2.retrieval import BM25Index, format_documents, pool_multihop_paragraphs, read_jsonl_corpus
-from sr2.rl import sft
+from sr2.train import sft
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SOURCES = ("world", "qa")
@@ -49,7 +47,7 @@ class Question:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrimmerProbe:
+class JudgeCase:
   """A rendered trajectory whose first flawed step is known (0 = none): Trimmer accuracy."""
 
   question: str
@@ -69,7 +67,7 @@ class Task:
   rollout: RolloutConfig
   init_params: Callable[[int], Any]
   sft_examples: list[sft.Example | sft.Choice] = dataclasses.field(default_factory=list)
-  trimmer_probes: list[TrimmerProbe] = dataclasses.field(default_factory=list)
+  judge_cases: list[JudgeCase] = dataclasses.field(default_factory=list)
 
   def split(self, name: str) -> list[Question]:
     if name not in self.splits:
@@ -129,11 +127,11 @@ def world_task(config, rollout: RolloutConfig) -> Task:
   )
   search = task.search_text
   task.sft_examples = [_demonstration(q, tok, search, stop_short) for q in train]
-  probes = []
-  for q in world.split("dev")[: config.data.get("trimmer_probes", 64)]:
+  cases = []
+  for q in world.split("dev")[: config.data.get("judge_cases", 64)]:
     for t in (q.gold, *q.corrupted):
-      probes.append(TrimmerProbe(q.question, tuple(render_steps(t, search)), t.flawed_step, t.kind))
-  task.trimmer_probes = probes
+      cases.append(JudgeCase(q.question, tuple(render_steps(t, search)), t.flawed_step, t.kind))
+  task.judge_cases = cases
   return task
 
 
@@ -162,13 +160,7 @@ def _key(seed: int):
 
 
 def _resolve(root: pathlib.Path, name: str, default_split: str) -> tuple[str, pathlib.Path]:
-  base, _, split = name.partition(":")
-  kind, _, set_name = base.partition("/")
-  if kind not in ("qa", "multihop") or not set_name or "/" in set_name:
-    raise ConfigError(f"config.data: {name!r}; expected qa/<name> or multihop/<set>[:split]")
-  path = root / kind / set_name / f"{split or default_split}.jsonl"
-  if not path.is_file():
-    raise ConfigError(f"config.data: {name!r} has no file {path}")
+  kind, _, path = dataset_file(root, name, default_split, "config.data")
   return kind, path
 
 
@@ -222,7 +214,3 @@ def qa_task(config, rollout: RolloutConfig) -> Task:
     rollout=rollout,
     init_params=lambda seed: loaded.params,
   )
-
-
-def hop_counts(questions: Sequence[Question]) -> np.ndarray:
-  return np.asarray([q.hops for q in questions])

@@ -1,0 +1,13 @@
+"""The training experiment around the RL core (`sr2.rl`).
+
+loop.py        the job, top to bottom (`train_and_evaluate`), and one GRPO step
+state.py       `TrainState`: what a step changes and a checkpoint holds
+setup.py       the config checked into typed groups, the mesh's shardings, the task
+task.py        what a run learns on: questions, retriever, tokenizer, model
+collect.py     one step's experience: rollouts, the Meta-Refiner, rewards, probes
+rewards.py     the run's reward function (outcome, optionally process)
+sft.py         the supervised warm start
+evaluation.py  greedy evaluation inside a run, and the gate's and Trimmer's accuracy
+metrics.py     JSONL, TensorBoard and the curves
+ablation.py    arms x seeds and their table
+"""

@@ -1,0 +1,69 @@
+"""The training state: what a step changes, what a checkpoint holds, what a resume restores.
+
+The training loop, the checkpoints and the benchmarks share this one dataclass. A
+checkpoint stores it as a dict (`sr2.checkpoint`'s layout: arrays in one Orbax item, the
+small JSON `data_state` in another); `as_dict` and `from_dict` are the boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from sr2.rl import update
+from sr2.train.setup import Setup
+
+# data_state["phase"]: "init" before the warm start, "rl" once GRPO may start.
+PHASES = ("init", "rl")
+
+
+@dataclasses.dataclass
+class TrainState:
+  """One run's state between GRPO steps.
+
+  Attributes:
+    params: the policy's params (sharded by their logical axes).
+    ref_params: the frozen starting policy, the KL reference (a copy: the update donates
+      `params`).
+    opt_state: the optimizer's state, sharded like the params.
+    step: GRPO steps done (0 before the first).
+    rng: the PRNG key the next step splits.
+    data_state: small JSON-able dict; `phase` is one of PHASES. The data position is
+      `step` itself (step k reads a fixed shuffle of the training questions at k).
+  """
+
+  params: Any
+  ref_params: Any
+  opt_state: Any
+  step: int
+  rng: jax.Array
+  data_state: dict
+
+  def __post_init__(self):
+    phase = self.data_state.get("phase")
+    if phase not in PHASES:
+      raise ValueError(f"data_state['phase']={phase!r}; expected one of {PHASES}")
+
+  def as_dict(self) -> dict[str, Any]:
+    """The checkpoint's layout (no copies of the arrays)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> TrainState:
+    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+
+def fresh_state(s: Setup) -> TrainState:
+  """A newly initialised state: the shapes and shardings a checkpoint restores into."""
+  rng = jax.random.key(s.seed)
+  params, opt_state = update.init_sharded(s.task.model, s.opt, s.shardings, rng)
+  return TrainState(
+    params=params,
+    ref_params=params,
+    opt_state=opt_state,
+    step=0,
+    rng=rng,
+    data_state={"phase": "init"},
+  )
