@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sr2.data import prompts, world
+from sr2.data import prompts, trajectories, world
 from sr2.retrieval import BM25Index, format_documents
 
 SMALL = world.WorldConfig(
@@ -153,8 +153,8 @@ def test_bm25_ranks_gold_passage_in_top3(w, index):
 def test_render_matches_the_protocol(w, index):
   q = next(q for q in w.questions if q.hops == 2)
   search = lambda query: format_documents(index.search([query], k=3)[0])
-  steps = world.render_steps(q.gold, search)
-  text = world.render_trajectory(q.gold, search)
+  steps = trajectories.render_steps(q.gold, search)
+  text = trajectories.render_trajectory(q.gold, search)
   assert "".join(a + (t or "") for a, t in steps) == text
   pattern = (
     r"(<think>[^<]+</think>\n<search> [^<]+ </search>\n\n<information>Doc 1\(Title: "
@@ -200,8 +200,8 @@ def test_too_many_questions_is_a_clear_error():
 
 def test_step_and_trajectory_validation():
   with pytest.raises(ValueError, match="exactly one"):
-    world.PlanStep("t")
+    trajectories.PlanStep("t")
   with pytest.raises(ValueError, match="end with an answer"):
-    world.Plan((world.PlanStep("t", query="q"),))
+    trajectories.Plan((trajectories.PlanStep("t", query="q"),))
   with pytest.raises(ValueError, match="flawed_step"):
-    world.Plan((world.PlanStep("t", answer="a"),), kind="misread", flawed_step=0)
+    trajectories.Plan((trajectories.PlanStep("t", answer="a"),), kind="misread", flawed_step=0)

@@ -20,29 +20,10 @@ from sr2.data.examples import QAExample
 from sr2.data.trajectories import (
   CORRUPTIONS,
   Plan,
-  PlanStep,
   build_trajectory,
   corrupt,
-  render_steps,
-  render_trajectory,
 )
 from sr2.data.world_entities import KINDS, RELATIONS, Entity, Facts, make_entities, make_passages
-
-__all__ = [
-  "CORRUPTIONS",
-  "KINDS",
-  "RELATIONS",
-  "SPLITS",
-  "Entity",
-  "PlanStep",
-  "Plan",
-  "World",
-  "WorldConfig",
-  "WorldQuestion",
-  "build_world",
-  "render_steps",
-  "render_trajectory",
-]
 
 SPLITS = ("train", "dev", "test")
 

@@ -322,22 +322,11 @@ CACHE_AXES = ("batch", "seq", "kv_heads", "head_dim")
 
 
 def forward_with_cache(
-  config: ModelConfig,
-  params: Params,
-  tokens_BxT: jax.Array,
-  positions_BxT: jax.Array,
-  cache: Cache,
-  write_mask_BxT: jax.Array | None = None,
-  attend_len: int | None = None,
+  config: ModelConfig, params: Params, *args, **kwargs
 ) -> tuple[jax.Array, Cache]:
-  """Runs new tokens against a KV cache, writing their keys/values at their positions.
-
-  `forward_with_cache_hidden` followed by the LM head on every position: (float32 logits
-  [B, T, V], updated cache). The arguments are the same.
-  """
-  x, new_cache = forward_with_cache_hidden(
-    config, params, tokens_BxT, positions_BxT, cache, write_mask_BxT, attend_len
-  )
+  """`forward_with_cache_hidden` (the same arguments) followed by the LM head on every
+  position: (float32 logits [B, T, V], or [B, 1, V] with `at_B`; the updated cache)."""
+  x, new_cache = forward_with_cache_hidden(config, params, *args, **kwargs)
   return logits_from_hidden(config, params, x), new_cache
 
 
