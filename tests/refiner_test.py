@@ -51,7 +51,7 @@ def _draft(scripts, max_turns=4):
   retriever = ListRetriever(PASSAGES)
   prompts = [TOK.encode(f"Question {i}: where was Vorla born?\n") for i in range(len(scripts))]
   cfg = RolloutConfig(max_turns=max_turns)
-  state, records = rollout.run(sampler, None, prompts, retriever, cfg)
+  state, records = rollout.run(rollout.Agent(sampler, retriever, cfg), None, prompts)
   return sampler, retriever, state, records, cfg
 
 
@@ -60,13 +60,11 @@ def _refine_scripted(drafted, flag, config=None):
   sampler, retriever, state, records, cfg = drafted
   questions = [f"q{i}" for i in range(len(records))]
   return refiner.refine(
-    sampler,
+    rollout.Agent(sampler, retriever, cfg),
     None,
     state,
     records,
     questions,
-    retriever,
-    cfg,
     config or RefinerConfig(),
     judge_fn=_scripted(flag),
   )
@@ -154,7 +152,7 @@ def _greedy_batch(texts):
   index = BM25Index.build(PASSAGES)
   cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
   prompts = [tok.encode(t) for t in texts]
-  state, records = rollout.run(sampler, params, prompts, index, cfg)
+  state, records = rollout.run(rollout.Agent(sampler, index, cfg), params, prompts)
   return tok, sampler, params, index, cfg, state, records
 
 
@@ -169,7 +167,9 @@ def test_regenerate_in_a_small_batch_equals_the_full_batch():
   others = [r for r in range(12) if r not in rows]
   cache_before = [np.asarray(layer["k"])[others] for layer in state.cache]
   shapes = set(sampler._shapes)
-  state = rollout.regenerate(sampler, params, state, records, rows, [2] * len(rows), index, cfg)
+  state = rollout.regenerate(
+    rollout.Agent(sampler, index, cfg), params, state, records, rows, [2] * len(rows)
+  )
   assert ("take_rows", 12, 8) in sampler._shapes - shapes  # ran in a batch of 8
   # Greedy from intact prefixes writes the same suffixes; the other rows are untouched.
   assert rollout.finish(state, records, tok) == draft
@@ -181,7 +181,7 @@ def test_regenerate_refuses_other_running_rows():
   tok, sampler, params, index, cfg, state, records = _greedy_batch(["<search> Vorla </search>"] * 4)
   state = rollout.rewind(sampler, state, records, [0, 1], [1, 1])
   with pytest.raises(ValueError, match=r"rows \[1\] are still running"):
-    rollout.regenerate(sampler, params, state, records, [0], [1], index, cfg)
+    rollout.regenerate(rollout.Agent(sampler, index, cfg), params, state, records, [0], [1])
 
 
 def test_rewind_rejects_steps_out_of_range():
@@ -240,7 +240,7 @@ def _continuation_batch():
   cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
   questions = ["Where was Vorla born?", "Where is Kelt?", "What is Mirod?"]
   prompts = [tok.encode(actor_prompt(q)) for q in questions]
-  state, records = rollout.run(sampler, params, prompts, index, cfg)
+  state, records = rollout.run(rollout.Agent(sampler, index, cfg), params, prompts)
   return tok, sampler, params, index, cfg, state, records, questions
 
 
@@ -304,7 +304,7 @@ def test_continuation_judge_leaves_the_cache_intact_for_the_cut():
       np.testing.assert_array_equal(k[r, : n - 1], np.asarray(c["k"])[r, : n - 1])
       np.testing.assert_array_equal(v[r, : n - 1], np.asarray(c["v"])[r, : n - 1])
   state = rollout.rewind(sampler, state, records, [0, 1, 2], [len(t.steps) for t in draft])
-  state = rollout.continue_rollout(sampler, params, state, records, index, cfg)
+  state = rollout.continue_rollout(rollout.Agent(sampler, index, cfg), params, state, records)
   for new, old in zip(rollout.finish(state, records, tok), draft, strict=True):
     assert new.response_ids == old.response_ids
     np.testing.assert_allclose(new.logprobs, old.logprobs, atol=1e-5)
@@ -328,7 +328,9 @@ def test_continuation_refine_judges_in_the_cache_and_regenerates():
   tok, sampler, params, index, cfg, state, records, questions = _continuation_batch()
   draft = rollout.finish(state, records, tok)
   config = RefinerConfig(prompt="continuation", margin=-1e9)  # always revise
-  out = refiner.refine(sampler, params, state, records, questions, index, cfg, config)
+  out = refiner.refine(
+    rollout.Agent(sampler, index, cfg), params, state, records, questions, config
+  )
   for t, ds, new in zip(draft, out.decisions, out.trajectories, strict=True):
     assert len(ds) == 1 and ds[0].revise and 1 <= ds[0].step <= len(t.steps)
     assert ds[0].prompt_ids[-len(refiner_prompts.followup_ids(tok, len(t.steps))) :] == tuple(
@@ -355,7 +357,7 @@ def test_real_sampler_cut_keeps_cache_and_greedy_regenerates_the_same():
   for b, layer in zip(before, state.cache, strict=True):
     np.testing.assert_array_equal(b, np.asarray(layer["k"][r, : cut - 1]))
   assert int(state.lengths[r]) == cut and records[r].turns == 1
-  state = rollout.continue_rollout(sampler, params, state, records, index, cfg)
+  state = rollout.continue_rollout(rollout.Agent(sampler, index, cfg), params, state, records)
   again = rollout.finish(state, records, tok)
   # Greedy from the same prefix with an intact cache writes the same suffix again.
   assert again[r] == draft[r]
@@ -371,15 +373,15 @@ def test_sampled_regeneration_changes_only_the_suffix():
   index = BM25Index.build(PASSAGES)
   cfg = RolloutConfig(max_turns=3, max_turn_tokens=12)
   prompts = [tok.encode("<search> Vorla </search>")] * 4
-  state, records = rollout.run(sampler, params, prompts, index, cfg, rng=jax.random.key(3))
+  state, records = rollout.run(
+    rollout.Agent(sampler, index, cfg), params, prompts, rng=jax.random.key(3)
+  )
   out = refiner.refine(
-    sampler,
+    rollout.Agent(sampler, index, cfg),
     params,
     state,
     records,
     ["q"] * 4,
-    index,
-    cfg,
     RefinerConfig(),
     judge_fn=_scripted(lambda i, n, steps: 1),
   )

@@ -25,9 +25,8 @@ TOK = tiny_byte_tokenizer()
 
 def rollout(sampler, params, prompts, retriever, config, rng=None, batch=None):
   """`rollout.run` then `rollout.finish`: the trajectories."""
-  state, records = rollout_lib.run(
-    sampler, params, prompts, retriever, config, rng=rng, batch=batch
-  )
+  agent = rollout_lib.Agent(sampler, retriever, config)
+  state, records = rollout_lib.run(agent, params, prompts, rng=rng, batch=batch)
   return rollout_lib.finish(state, records, sampler.tokenizer)
 
 

@@ -38,7 +38,7 @@ from sr2.agent.refiner_prompts import (
   prompt_ids,
   trajectory_steps,
 )
-from sr2.agent.rollout import Record, Retriever, RolloutConfig, Trajectory, finish, regenerate
+from sr2.agent.rollout import Agent, Record, Trajectory, finish, regenerate
 from sr2.models.config import ModelConfig
 from sr2.sampling import Sampler, SamplingState
 
@@ -266,18 +266,16 @@ class Refined:
 
 
 def refine(
-  sampler: Sampler,
+  agent: Agent,
   params,
   state: SamplingState,
   records: list[Record],
   questions: Sequence[str],
-  retriever: Retriever,
-  rollout_config: RolloutConfig,
   config: RefinerConfig,
   rng: np.random.Generator | None = None,
   judge_fn: Callable | None = None,
 ) -> Refined:
-  """Algorithm 1 on a finished rollout batch (`state`, `records` from `rollout.run`).
+  """Algorithm 1 on a finished rollout batch (`state`, `records` from `rollout.run(agent)`).
 
   `rng` samples the cut (training); None takes the argmax (evaluation). Rows are judged
   together, and every revised row regenerates in the same decode calls. The judgement is
@@ -287,6 +285,7 @@ def refine(
   own. The revised rows regenerate in a batch of their own (`rollout.regenerate`), so a few
   revisions cost what a few rows cost. `state` is donated; use `Refined.state`.
   """
+  sampler = agent.sampler
   tok = sampler.tokenizer
   if len(questions) != len(records):
     raise ValueError(f"{len(questions)} questions for {len(records)} rollout rows")
@@ -316,7 +315,7 @@ def refine(
       break
     start = time.perf_counter()
     steps = [decisions[i][-1].step for i in revised]
-    state = regenerate(sampler, params, state, records, revised, steps, retriever, rollout_config)
+    state = regenerate(agent, params, state, records, revised, steps)
     trajs = finish(state, records, tok)
     regenerate_s += time.perf_counter() - start
     pending = revised

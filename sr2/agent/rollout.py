@@ -7,8 +7,9 @@ that need them. The sampled token ids are kept as they are: nothing is re-tokeni
 `loss_mask` is exactly 1 on what the model wrote and 0 on the prompt side of the response
 (observations, feedback).
 
-The public surface is three calls, and every caller (training's collection, the
-Meta-Refiner, in-training evaluation, the evaluation harness) goes through them:
+The public surface is an `Agent` (sampler, retriever, limits) and three calls; every
+caller (training's collection, the Meta-Refiner, in-training evaluation, the evaluation
+harness) goes through them:
   run         prefill the prompts and run turns until every row has finished;
   regenerate  cut rows back to a step boundary and run the turns that remain
               (the Meta-Refiner's cut-and-regenerate, and the drivers' counterfactuals);
@@ -59,6 +60,25 @@ class RolloutConfig:
   def __post_init__(self):
     names = ("max_turns", "max_turn_tokens", "top_k", "max_obs_tokens")
     check_ints(self, "rollout", names, error=ValueError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Agent:
+  """What the loop runs on besides the params: the sampler, the retriever and the limits.
+
+  The sampler must have a tokenizer and stop on the Actor's stop strings (both checked).
+  """
+
+  sampler: Sampler
+  retriever: Retriever
+  config: RolloutConfig
+
+  def __post_init__(self):
+    if self.sampler.tokenizer is None:
+      raise ValueError("the rollout needs a sampler with a tokenizer")
+    missing = [s for s in STOP_STRINGS if s not in self.sampler.config.stop_strings]
+    if missing:
+      raise ValueError(f"the sampler must stop on {STOP_STRINGS}; missing {missing}")
 
 
 @dataclasses.dataclass
@@ -138,14 +158,10 @@ def _start(
 
 
 def continue_rollout(
-  sampler: Sampler,
-  params,
-  state: SamplingState,
-  records: list[Record],
-  retriever: Retriever,
-  config: RolloutConfig,
+  agent: Agent, params, state: SamplingState, records: list[Record]
 ) -> SamplingState:
-  """Runs turns until every row has finished or used `config.max_turns` turns."""
+  """Runs turns until every row has finished or used `agent.config.max_turns` turns."""
+  sampler, retriever, config = agent.sampler, agent.retriever, agent.config
   tok = sampler.tokenizer
   capacity = state.max_len
   while True:
@@ -290,11 +306,9 @@ def finish(state: SamplingState, records: list[Record], tokenizer) -> list[Traje
 
 
 def run(
-  sampler: Sampler,
+  agent: Agent,
   params,
   prompts: Sequence[Sequence[int]],
-  retriever: Retriever,
-  config: RolloutConfig,
   *,
   rng=None,
   batch: int | None = None,
@@ -306,25 +320,18 @@ def run(
   method without a key, e.g. greedy); `batch` fixes the sampler's batch size (extra rows
   stay empty), so calls with fewer prompts reuse the same compiled programs.
   """
-  if sampler.tokenizer is None:
-    raise ValueError("the rollout needs a sampler with a tokenizer")
-  missing = [s for s in STOP_STRINGS if s not in sampler.config.stop_strings]
-  if missing:
-    raise ValueError(f"the sampler must stop on {STOP_STRINGS}; missing {missing}")
-  state, records = _start(sampler, params, prompts, rng, batch)
-  state = continue_rollout(sampler, params, state, records, retriever, config)
+  state, records = _start(agent.sampler, params, prompts, rng, batch)
+  state = continue_rollout(agent, params, state, records)
   return state, records
 
 
 def regenerate(
-  sampler: Sampler,
+  agent: Agent,
   params,
   state: SamplingState,
   records: list[Record],
   rows: Sequence[int],
   steps: Sequence[int],
-  retriever: Retriever,
-  config: RolloutConfig,
   multiple: int = 8,
 ) -> SamplingState:
   """Cuts each of `rows` before its assistant step `steps[i]` and regenerates the rest.
@@ -335,7 +342,7 @@ def regenerate(
   `Sampler.merge`: each decode step then costs what these rows cost, not the whole batch.
   `records` are updated in place; `state` is donated. Every other row must have finished.
   """
-  rows = list(rows)
+  rows, sampler = list(rows), agent.sampler
   chosen = set(rows)
   stray = [r for r, rec in enumerate(records) if rec.finish is None and r not in chosen]
   if stray:
@@ -345,7 +352,7 @@ def regenerate(
     return state
   batch = -(-len(rows) // multiple) * multiple
   if batch >= state.batch:
-    return continue_rollout(sampler, params, state, records, retriever, config)
+    return continue_rollout(agent, params, state, records)
   sub = sampler.select(state, rows, batch)
-  sub = continue_rollout(sampler, params, sub, [records[r] for r in rows], retriever, config)
+  sub = continue_rollout(agent, params, sub, [records[r] for r in rows])
   return sampler.merge(state, sub, rows)

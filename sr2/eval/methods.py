@@ -145,9 +145,8 @@ def run_agent(
   tok = sampler.tokenizer
   chat = _chat(tok)
   ids = [tok.encode(prompts.actor_prompt(ex.question, chat)) for ex in examples]
-  state, records = rollout_lib.run(
-    sampler, params, ids, retriever, rollout, rng=rng, batch=batch_size
-  )
+  agent = rollout_lib.Agent(sampler, retriever, rollout)
+  state, records = rollout_lib.run(agent, params, ids, rng=rng, batch=batch_size)
   out = []
   for traj in rollout_lib.finish(state, records, tok):
     out.append(

@@ -64,11 +64,11 @@ def _cut_from(choice_logprobs, n: int, rng: np.random.Generator) -> int:
   return min(int(rng.choice(len(rest), p=p / p.sum())) + 1, n)
 
 
-def _counterfactual(sampler, params, snapshot, rows, steps, task, retriever):
+def _counterfactual(agent: rollout.Agent, params, snapshot, rows, steps) -> list[Trajectory]:
   """`rollout.regenerate` on a copy of the drafts' `snapshot`: their trajectories after it."""
   state, records = jax.tree.map(jnp.copy, snapshot[0]), copy.deepcopy(snapshot[1])
-  state = rollout.regenerate(sampler, params, state, records, rows, steps, retriever, task.rollout)
-  return rollout.finish(state, records, sampler.tokenizer)
+  state = rollout.regenerate(agent, params, state, records, rows, steps)
+  return rollout.finish(state, records, agent.sampler.tokenizer)
 
 
 def collect(
@@ -86,27 +86,17 @@ def collect(
 ) -> Collected:
   """Runs one step's rollouts (see the module docstring)."""
   retriever = TimedRetriever(task.retriever)
+  agent = rollout.Agent(sampler, retriever, task.rollout)
   t0 = time.perf_counter()
   prompts = [task.prompt_ids(q) for q in questions]
-  state, records = rollout.run(
-    sampler, params, prompts, retriever, task.rollout, rng=rng, batch=batch
-  )
+  state, records = rollout.run(agent, params, prompts, rng=rng, batch=batch)
   t_roll = time.perf_counter() - t0
   m: dict[str, float] = {}
   if refiner.enabled:
     snapshot = (jax.tree.map(jnp.copy, state), copy.deepcopy(records)) if probe else None
     t1 = time.perf_counter()
-    out = refine(
-      sampler,
-      params,
-      state,
-      records,
-      [q.question for q in questions],
-      retriever,
-      task.rollout,
-      refiner,
-      rng=np_rng,
-    )
+    texts = [q.question for q in questions]
+    out = refine(agent, params, state, records, texts, refiner, rng=np_rng)
     m["refine_s"] = time.perf_counter() - t1
     m["judge_s"], m["regenerate_s"] = out.judge_s, out.regenerate_s
     trajs, drafts, decisions = out.trajectories, out.drafts, out.decisions
@@ -130,16 +120,14 @@ def collect(
   )
   if refiner.enabled and probe and any(decisions):
     t3 = time.perf_counter()
-    m.update(_probe(task, sampler, params, snapshot, got, reward_fn, retriever, np_rng))
+    m.update(_probe(agent, params, snapshot, got, reward_fn, np_rng))
     m["probe_s"] = time.perf_counter() - t3
   m["rollout_s"] = t_roll
   m["retrieval_s"] = retriever.seconds
   return got
 
 
-def _probe(
-  task, sampler, params, snapshot, got: Collected, reward_fn, retriever, np_rng
-) -> dict[str, float]:
+def _probe(agent, params, snapshot, got: Collected, reward_fn, np_rng) -> dict[str, float]:
   """Counterfactual regenerations for the drivers (see rl/drivers.py), on judged drafts."""
   questions, decisions, drafts = got.questions, got.decisions, got.drafts
   reward, draft_reward = got.reward, got.draft_reward
@@ -150,7 +138,7 @@ def _probe(
   j_trim = {i: float(reward[i]) for i in rows if first[i].revise}
   if accepted:
     cuts = [_cut_from(first[i].choice_logprobs, n_steps[i], np_rng) for i in accepted]
-    cf = _counterfactual(sampler, params, snapshot, accepted, cuts, task, retriever)
+    cf = _counterfactual(agent, params, snapshot, accepted, cuts)
     r_cf = reward_fn([questions[i] for i in accepted], [cf[i] for i in accepted])[2]
     j_trim.update({i: float(r) for i, r in zip(accepted, r_cf, strict=True)})
   partner = np_rng.permutation(rows)
@@ -158,7 +146,7 @@ def _probe(
     _cut_from(first[p].choice_logprobs, n_steps[i], np_rng)
     for i, p in zip(rows, partner, strict=True)
   ]
-  rnd = _counterfactual(sampler, params, snapshot, rows, cuts, task, retriever)
+  rnd = _counterfactual(agent, params, snapshot, rows, cuts)
   r_rnd = reward_fn([questions[i] for i in rows], [rnd[i] for i in rows])[2]
   d = drivers.decomposition(
     np.asarray([not first[i].revise for i in rows]),

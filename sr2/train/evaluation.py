@@ -58,25 +58,14 @@ def evaluate_policy(
 ) -> dict[str, float]:
   """Greedy rollouts: EM overall and per hop count, searches, turns (and revision rate)."""
   sampler = Sampler(task.model, task.tokenizer, SamplingConfig(max_len=max_len))
+  agent = rollout.Agent(sampler, task.retriever, task.rollout)
   trajs, revised = [], []
   for i in range(0, len(questions), batch_size):
     chunk = questions[i : i + batch_size]
     prompts = [task.prompt_ids(q) for q in chunk]
-    state, records = rollout.run(
-      sampler, params, prompts, task.retriever, task.rollout, batch=batch_size
-    )
+    state, records = rollout.run(agent, params, prompts, batch=batch_size)
     if refiner is not None:
-      out = refine(
-        sampler,
-        params,
-        state,
-        records,
-        [q.question for q in chunk],
-        task.retriever,
-        task.rollout,
-        refiner,
-        rng=None,
-      )
+      out = refine(agent, params, state, records, [q.question for q in chunk], refiner)
       trajs += out.trajectories
       revised += out.revised.tolist()
     else:
