@@ -8,7 +8,7 @@ import pytest
 from conftest import hf_logits, make_hf_model
 
 from sr2 import models
-from sr2.models import transformer
+from sr2.models import layers, transformer
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
@@ -48,8 +48,8 @@ def test_blocked_causal_attention_equals_masked_attention(t, block):
     jnp.asarray(rng.normal(size=(2, t, c.n_kv_heads, c.head_dim)), jnp.float32) for _ in range(2)
   )
   mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (2, t, t))
-  want = transformer._attention(c, q, k, v, mask)
-  got = transformer._causal_attention(c, q, k, v, block)
+  want = layers.attention(c, q, k, v, mask)
+  got = layers.causal_attention(c, q, k, v, block)
   np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5)
 
 

@@ -15,6 +15,9 @@ from sr2.configlib import ConfigError, check_ints, check_keys
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 DTYPES = ("float32", "bfloat16")
+# What the backward pass keeps of each decoder block: "none" keeps every activation,
+# "full" recomputes the block from its input, "dots" keeps matmul outputs only.
+REMAT = ("none", "full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +40,11 @@ class ModelConfig:
     tie_embeddings: the output head is the transposed embedding table.
     max_seq_len: longest position the model is used at (RoPE tables, caches).
     dtype: parameter dtype; activations follow it, softmax and logits are float32.
+    scan_layers: params["layers"] is one dict of arrays stacked on a leading layer axis,
+      and the uncached forward pass runs the blocks as one `lax.scan` (a program whose
+      size does not grow with depth); otherwise a list of per-layer dicts, unrolled.
+    remat: one of REMAT, how the uncached forward pass's blocks are rematerialised for
+      the backward pass (`jax.checkpoint`); the values are the same either way.
   """
 
   arch: str = "llama"
@@ -54,8 +62,12 @@ class ModelConfig:
   tie_embeddings: bool = True
   max_seq_len: int = 2048
   dtype: str = "float32"
+  scan_layers: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
+    if self.remat not in REMAT:
+      raise ConfigError(f"model.remat={self.remat!r}; expected one of {REMAT}")
     if self.arch not in ARCHITECTURES:
       raise ConfigError(
         f"model.arch={self.arch!r} is not supported; expected one of {ARCHITECTURES}"
@@ -165,17 +177,23 @@ class ModelSpec:
       `.gguf` file, or `preset:<name>` for randomly initialised params of a preset.
     dtype: "float32" or "bfloat16" params.
     seed: init seed for `preset:` sources.
+    scan_layers: stack the layers and scan over them (`ModelConfig.scan_layers`).
+    remat: the blocks' rematerialisation (`ModelConfig.remat`).
   """
 
   source: str = "smollm2-135m-instruct"
   dtype: str = "float32"
   seed: int = 0
+  scan_layers: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
     if not isinstance(self.source, str) or not self.source:
       raise ConfigError(f"model.source={self.source!r}; expected a model name or path")
     if self.dtype not in DTYPES:
       raise ConfigError(f"model.dtype={self.dtype!r}; expected one of {DTYPES}")
+    if self.remat not in REMAT:
+      raise ConfigError(f"model.remat={self.remat!r}; expected one of {REMAT}")
     if self.source.startswith("preset:") and self.source[7:] not in PRESETS:
       raise ConfigError(
         f"model.source={self.source!r}: unknown preset; expected one of {sorted(PRESETS)}"

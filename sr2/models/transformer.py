@@ -21,6 +21,16 @@ import jax
 import jax.numpy as jnp
 
 from sr2.models.config import ModelConfig
+from sr2.models.layers import (  # noqa: F401  (causal_block, rope, rms_norm: re-exported)
+  attention,
+  causal_attention,
+  causal_block,
+  mlp,
+  project,
+  rms_norm,
+  rope,
+  take_positions,
+)
 
 Params = dict[str, Any]
 Cache = list[dict[str, jax.Array]]
@@ -62,7 +72,32 @@ def param_shapes(config: ModelConfig) -> Params:
   }
   if not config.tie_embeddings:
     params["head"] = ((d, v), ("embed", "vocab"))
+  if config.scan_layers:  # one array per name, layers on a leading (unsharded) axis
+    n = config.n_layers
+    params["layers"] = {k: ((n, *x), ("layers", *a)) for k, (x, a) in layer.items()}
   return params
+
+
+def stack_layers(params: Params) -> Params:
+  """The `scan_layers` layout of `params`: the per-layer dicts stacked on a leading axis."""
+  layers = params["layers"]
+  if isinstance(layers, dict):
+    return params
+  return {**params, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def unstack_layers(params: Params) -> Params:
+  """The unrolled layout of `params`: a list of per-layer dicts."""
+  layers = params["layers"]
+  if not isinstance(layers, dict):
+    return params
+  n = len(next(iter(layers.values())))
+  return {**params, "layers": [jax.tree.map(lambda a, i=i: a[i], layers) for i in range(n)]}
+
+
+def _layer(layers, i: int) -> Params:
+  """Layer i's params in either layout."""
+  return jax.tree.map(lambda a: a[i], layers) if isinstance(layers, dict) else layers[i]
 
 
 def _is_spec(x) -> bool:
@@ -90,91 +125,6 @@ def init_params(config: ModelConfig, rng: jax.Array, std: float = 0.02) -> Param
       x = std * jax.random.normal(key, shape, jnp.float32)
     out.append(x.astype(_dtype(config)))
   return jax.tree.unflatten(treedef, out)
-
-
-# --------------------------------------------------------------------------- layers
-
-
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-  x32 = x.astype(jnp.float32)
-  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  return scale * x32.astype(x.dtype)
-
-
-def rope(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding in the split-halves layout of HF checkpoints (rotate_half)."""
-  dh = x_BxTxNxDh.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
-  angles_BxTxDh2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
-  cos = jnp.cos(angles_BxTxDh2)[:, :, None, :]
-  sin = jnp.sin(angles_BxTxDh2)[:, :, None, :]
-  x = x_BxTxNxDh.astype(jnp.float32)
-  x1, x2 = x[..., : dh // 2], x[..., dh // 2 :]
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BxTxNxDh.dtype)
-
-
-def _attention(config, q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
-  b, t, h, dh = q_BxTxHxDh.shape
-  q = q_BxTxHxDh.reshape(b, t, config.n_kv_heads, config.n_groups, dh)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k_BxSxKxDh, preferred_element_type=jnp.float32)
-  scores = scores * (dh**-0.5)
-  scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxDh.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxDh)
-  return out.reshape(b, t, h, dh)
-
-
-CAUSAL_BLOCK_MIN = 64  # query positions per block of `_causal_attention`, at least
-CAUSAL_BLOCKS_MAX = 16  # and at most this many blocks (bounds the unrolled program)
-
-
-def causal_block(t: int) -> int:
-  """Query positions per block for causal self-attention over `t` positions."""
-  return max(CAUSAL_BLOCK_MIN, -(-t // CAUSAL_BLOCKS_MAX))
-
-
-def _causal_attention(config, q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, block: int):
-  """Causal self-attention over positions 0..T-1, `block` query positions at a time.
-
-  Equal to `_attention` under the mask u <= t, but query block [s, e) only scores keys
-  [0, e): the blocks above the diagonal, which the mask would zero, are never computed.
-  That halves the score matrix (and its softmax, the costly part on CPU) and the memory
-  the backward pass keeps.
-  """
-  t = q_BxTxHxDh.shape[1]
-  outs = []
-  for start in range(0, t, block):
-    end = min(start + block, t)
-    mask_1xCxE = (jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None])[None]
-    q, k, v = q_BxTxHxDh[:, start:end], k_BxTxKxDh[:, :end], v_BxTxKxDh[:, :end]
-    outs.append(_attention(config, q, k, v, mask_1xCxE))
-  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-
-
-def _project(config, layer, x_BxTxD, positions_BxT, name: str):
-  """Queries ("q") or keys ("k"): projection, bias, QK-norm and RoPE; values ("v"): projection
-  and bias."""
-  y = jnp.einsum("btd,dhk->bthk", x_BxTxD, layer[name])
-  if config.qkv_bias:
-    y = y + layer[f"{name}_bias"]
-  if name == "v":
-    return y
-  if config.qk_norm:
-    y = rms_norm(y, layer[f"{name}_norm"], config.norm_eps)
-  return rope(y, positions_BxT, config.rope_theta)
-
-
-def _take_positions(x_BxTx___: jax.Array, at_B: jax.Array) -> jax.Array:
-  """x[b, at[b]] for every row, keeping a time axis of 1: [B, 1, ...]."""
-  idx = at_B.reshape((-1, 1) + (1,) * (x_BxTx___.ndim - 2))
-  return jnp.take_along_axis(x_BxTx___, idx, axis=1)
-
-
-def _mlp(layer, x_BxTxD):
-  gate = jnp.einsum("btd,df->btf", x_BxTxD, layer["gate"])
-  up = jnp.einsum("btd,df->btf", x_BxTxD, layer["up"])
-  return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, layer["down"])
 
 
 def logits_from_hidden(config: ModelConfig, params: Params, x_BxTxD: jax.Array) -> jax.Array:
@@ -217,31 +167,69 @@ def _check_tokens(tokens) -> None:
     raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
 
 
-def _decode(config, params, tokens_BxT, positions_BxT, attend, at_B) -> jax.Array:
+def _block(config, layer, x_BxTxD, positions_BxT, attend, at) -> jax.Array:
+  """One decoder block: attention (`attend(q, k, v, at)`) and the MLP, each with a residual.
+
+  With `at` ([B] indices), the block runs at one position per row (at[b]) and returns
+  [B, 1, D]: every position's keys and values are still computed, but the query, attention
+  output, output projection and MLP run on one position (the same values as the full
+  block there).
+  """
+  h = rms_norm(x_BxTxD, layer["attn_norm"], config.norm_eps)
+  if at is None:
+    q, k, v = (project(config, layer, h, positions_BxT, name) for name in ("q", "k", "v"))
+  else:
+    k, v = (project(config, layer, h, positions_BxT, name) for name in ("k", "v"))
+    q = project(config, layer, take_positions(h, at), take_positions(positions_BxT, at), "q")
+    x_BxTxD = take_positions(x_BxTxD, at)
+  x = x_BxTxD + jnp.einsum("bthk,hkd->btd", attend(q, k, v, at), layer["o"])
+  return x + mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
+
+
+_REMAT_POLICIES = {
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _decode(config, params, tokens_BxT, positions_BxT, attend, at_B, cached: bool) -> jax.Array:
   """Embeds the tokens and runs every decoder block: the residual stream after the last.
 
   `attend(i, q_BxTqxHxDh, k_BxTxKxDh, v_BxTxKxDh, at)` is block i's attention output
   [B, Tq, H, Dh] over the T new keys/values (or a cache after writing them there); `at` is
-  `at_B` in the last block when it is given, else None.
-
-  With `at_B`, the last block runs at one position per row (at[b]), the only one read after
-  it, and the result is [B, 1, D]: every position's keys and values are still computed, but
-  the query, attention output, output projection and MLP run on one position instead of T
-  (Tq = 1), the same values as the full block there.
+  `at_B` in the last block when it is given (`_block`), else None. `cached` says `attend`
+  writes a cache: such blocks run one by one. Otherwise `attend` must not depend on i,
+  and the blocks that run at every position are rematerialised as `config.remat` says and,
+  with stacked layers (`config.scan_layers`), run as one `lax.scan`.
   """
   x = jnp.take(params["embed"], tokens_BxT, axis=0)
-  for i, layer in enumerate(params["layers"]):
-    at = at_B if i == len(params["layers"]) - 1 else None
-    h = rms_norm(x, layer["attn_norm"], config.norm_eps)
-    if at is None:
-      q, k, v = (_project(config, layer, h, positions_BxT, name) for name in ("q", "k", "v"))
-    else:
-      k, v = (_project(config, layer, h, positions_BxT, name) for name in ("k", "v"))
-      q = _project(config, layer, _take_positions(h, at), _take_positions(positions_BxT, at), "q")
-      x = _take_positions(x, at)
-    x = x + jnp.einsum("bthk,hkd->btd", attend(i, q, k, v, at), layer["o"])
-    x = x + _mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
+  layers, n = params["layers"], config.n_layers
+  if cached:
+    for i in range(n):
+      at = at_B if i == n - 1 else None
+      x = _block(config, _layer(layers, i), x, positions_BxT, lambda *a, i=i: attend(i, *a), at)
+    return x
+
+  def full(x, layer):  # a block at every position
+    return _block(config, layer, x, positions_BxT, lambda *a: attend(None, *a), None)
+
+  if config.remat != "none":
+    full = jax.checkpoint(full, policy=_REMAT_POLICIES[config.remat], prevent_cse=False)
+  m = n - 1 if at_B is not None else n  # blocks at every position
+  if isinstance(layers, dict):
+    x, _ = jax.lax.scan(lambda x, layer: (full(x, layer), None), x, _head(layers, m))
+  else:
+    for i in range(m):
+      x = full(x, layers[i])
+  if at_B is not None:
+    x = _block(config, _layer(layers, n - 1), x, positions_BxT, lambda *a: attend(None, *a), at_B)
   return x
+
+
+def _head(layers: Params, m: int) -> Params:
+  """The first m of stacked layers (all of them without a copy)."""
+  n = len(next(iter(layers.values())))
+  return layers if m == n else jax.tree.map(lambda a: a[:m], layers)
 
 
 # --------------------------------------------------------------------------- forward
@@ -265,7 +253,7 @@ def forward_hidden(
     positions_BxT: positions (default 0..T-1); token t attends to tokens u with
       position[u] <= position[t], so right padding never affects real tokens. With the
       default, attention is computed block by block below the diagonal
-      (`_causal_attention`); explicit positions take the full masked path.
+      (`causal_attention`); explicit positions take the full masked path.
     at_B: if given, only the residual stream at index at[b] of each row is returned,
       [B, 1, D], and the last block runs only there (`_decode`): one block in
       n_layers less work when only one position is read, as in scoring next tokens.
@@ -284,13 +272,13 @@ def forward_hidden(
 
   def attend(i, q, k, v, at):
     if at is not None:
-      mask_Bx1xT = positions_BxT[:, None, :] <= _take_positions(positions_BxT, at)[:, :, None]
-      return _attention(config, q, k, v, mask_Bx1xT)
+      mask_Bx1xT = positions_BxT[:, None, :] <= take_positions(positions_BxT, at)[:, :, None]
+      return attention(config, q, k, v, mask_Bx1xT)
     if causal:
-      return _causal_attention(config, q, k, v, block)
-    return _attention(config, q, k, v, mask_BxTxT)
+      return causal_attention(config, q, k, v, block)
+    return attention(config, q, k, v, mask_BxTxT)
 
-  return _decode(config, params, tokens_BxT, positions_BxT, attend, at_B)
+  return _decode(config, params, tokens_BxT, positions_BxT, attend, at_B, cached=False)
 
 
 def forward(
@@ -364,8 +352,8 @@ def forward_with_cache_hidden(
     and the updated cache); `logits_from_hidden` turns the positions you need into logits.
   """
   _check_tokens(tokens_BxT)
-  if len(cache) != len(params["layers"]):
-    raise ValueError(f"cache has {len(cache)} layers, params {len(params['layers'])}")
+  if len(cache) != config.n_layers:
+    raise ValueError(f"cache has {len(cache)} layers, the model {config.n_layers}")
   s = cache[0]["k"].shape[1]
   slots_BxT = positions_BxT
   if write_mask_BxT is not None:
@@ -380,7 +368,7 @@ def forward_with_cache_hidden(
     ck = cache[i]["k"].at[rows_Bx1, slots_BxT].set(k.astype(cache[i]["k"].dtype), mode="drop")
     cv = cache[i]["v"].at[rows_Bx1, slots_BxT].set(v.astype(cache[i]["v"].dtype), mode="drop")
     new_cache.append({"k": ck, "v": cv})
-    mask = mask_BxTxS if at is None else _take_positions(mask_BxTxS, at)
-    return _attention(config, q, ck[:, :span], cv[:, :span], mask)
+    mask = mask_BxTxS if at is None else take_positions(mask_BxTxS, at)
+    return attention(config, q, ck[:, :span], cv[:, :span], mask)
 
-  return _decode(config, params, tokens_BxT, positions_BxT, attend, at_B), new_cache
+  return _decode(config, params, tokens_BxT, positions_BxT, attend, at_B, cached=True), new_cache

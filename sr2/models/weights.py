@@ -242,5 +242,9 @@ def load(spec: str | os.PathLike, dtype: str = "float32", seed: int = 0) -> Mode
 
 
 def build(spec: ModelSpec) -> Model:
-  """The model a `ModelSpec` (an experiment's `config.model`) names."""
-  return load(spec.source, dtype=spec.dtype, seed=spec.seed)
+  """The model a `ModelSpec` (an experiment's `config.model`) names, in its layer layout
+  (`scan_layers`) and rematerialisation (`remat`)."""
+  model = load(spec.source, dtype=spec.dtype, seed=spec.seed)
+  config = model.config.replace(scan_layers=spec.scan_layers, remat=spec.remat)
+  params = transformer.stack_layers(model.params) if spec.scan_layers else model.params
+  return dataclasses.replace(model, config=config, params=params)

@@ -25,6 +25,7 @@ class AxisRules:
 
   rules: tuple[tuple[str, MeshAxes], ...] = (
     ("batch", ("data", "fsdp")),
+    ("layers", None),  # the stacked layers' leading axis (`model.scan_layers`)
     ("seq", None),
     ("embed", "fsdp"),
     ("heads", "tensor"),
