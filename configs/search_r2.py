@@ -47,6 +47,9 @@ _PAPER_SOURCES = {
   "qwen3-8b": "/path/to/Qwen3-8B",
   "qwen2.5-32b-instruct": "/path/to/Qwen2.5-32B-Instruct",
 }
+# The TPU slice each paper backbone is configured for (`experiments/compile.py` compiles
+# its programs there) and its FSDP width: every chip holds a shard of the weights.
+_PAPER_SLICES = {"qwen2.5-7b": "v5p-16", "qwen3-8b": "v5p-16", "qwen2.5-32b-instruct": "v5p-64"}
 
 
 def _tiny_world(variant: str) -> ml_collections.ConfigDict:
@@ -65,6 +68,8 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
       source=_PAPER_SOURCES.get(backbone, "smollm2-135m-instruct"),  # HF dir or named model
       dtype="bfloat16" if paper else "float32",  # params dtype
       seed=0,  # init seed (preset: sources only)
+      scan_layers=paper,  # layers as one lax.scan: compile time does not grow with depth
+      remat="full" if paper else "none",  # recompute each block in the backward pass
     )
   )
   c.data = ml_collections.ConfigDict(
@@ -91,11 +96,18 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
   c.grpo.group_size = 5
   c.grpo.kl_coef = 0.001
   c.grpo.num_minibatches = 1  # paper: mini-batch 512 prompts = the whole step
-  c.grpo.micro_batch_rows = 64 if paper else 10  # rows per pass: memory, not math (silent)
+  c.grpo.micro_batch_rows = 16 if paper else 10  # rows per pass: memory, not math (silent)
   c.opt.lr = 1e-6
   c.opt.warmup_steps = 85 if paper else 10  # warmup ratio 0.285 of 300 steps
   c.opt.weight_decay = 0.01
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=8 if paper else 1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(
+    dict(
+      data=1 if paper else -1,  # batch replicas
+      fsdp=-1 if paper else 1,  # weight shards (paper: every chip of the slice)
+      tensor=1,  # tensor-parallel width
+      topology=_PAPER_SLICES.get(backbone, ""),  # the slice experiments/compile.py targets
+    )
+  )
   c.eval.split = "test"
   c.eval.limit = 0
   c.eval.batch_size = 64 if paper else 16

@@ -186,6 +186,22 @@ def _block(config, layer, x_BxTxD, positions_BxT, attend, at) -> jax.Array:
   return x + mlp(layer, rms_norm(x, layer["mlp_norm"], config.norm_eps))
 
 
+def _rows_sharded(x_BxTxD: jax.Array) -> jax.Array:
+  """Pins the residual stream's rows to the mesh's ("data", "fsdp") axes, when a mesh is
+  set (`jax.set_mesh`) and they divide the rows, so that sharding propagation never trades
+  the batch's sharding for the FSDP params' (which would replicate the activations)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x_BxTxD
+  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+  n = 1
+  for a in axes:
+    n *= mesh.shape[a]
+  if not axes or x_BxTxD.shape[0] % n:
+    return x_BxTxD
+  return jax.lax.with_sharding_constraint(x_BxTxD, jax.sharding.PartitionSpec(axes))
+
+
 _REMAT_POLICIES = {
   "full": jax.checkpoint_policies.nothing_saveable,
   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -202,7 +218,7 @@ def _decode(config, params, tokens_BxT, positions_BxT, attend, at_B, cached: boo
   and the blocks that run at every position are rematerialised as `config.remat` says and,
   with stacked layers (`config.scan_layers`), run as one `lax.scan`.
   """
-  x = jnp.take(params["embed"], tokens_BxT, axis=0)
+  x = _rows_sharded(jnp.take(params["embed"], tokens_BxT, axis=0))
   layers, n = params["layers"], config.n_layers
   if cached:
     for i in range(n):
@@ -211,7 +227,8 @@ def _decode(config, params, tokens_BxT, positions_BxT, attend, at_B, cached: boo
     return x
 
   def full(x, layer):  # a block at every position
-    return _block(config, layer, x, positions_BxT, lambda *a: attend(None, *a), None)
+    x = _block(config, layer, x, positions_BxT, lambda *a: attend(None, *a), None)
+    return _rows_sharded(x)
 
   if config.remat != "none":
     full = jax.checkpoint(full, policy=_REMAT_POLICIES[config.remat], prevent_cse=False)

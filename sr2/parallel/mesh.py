@@ -14,11 +14,17 @@ AXES = ("data", "fsdp", "tensor")
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Sizes of the mesh axes; one size may be -1 to take the remaining devices."""
+  """Sizes of the mesh axes; one size may be -1 to take the remaining devices.
+
+  `topology` names the TPU slice the config is meant for (e.g. "v5p-16";
+  sr2/parallel/topology.py): what `experiments/compile.py` compiles for when given no
+  `--topology`. Training ignores it and uses the devices it finds.
+  """
 
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
+  topology: str = ""
 
   def __post_init__(self):
     sizes = (self.data, self.fsdp, self.tensor)
