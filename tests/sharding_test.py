@@ -40,6 +40,22 @@ _SCRIPT = textwrap.dedent(
     got = np.asarray(fwd(born, jax.device_put(tokens, tok_sharding)))
     np.testing.assert_allclose(got, want, atol=2e-5)
     print(mesh_cfg, "ok", shard["layers"][0]["q"].spec, shard["embed"].spec)
+  # Scanned, rematerialised layers under a set mesh: the residual stream is pinned to the
+  # batch's axes, and the logits are those of one device.
+  import dataclasses
+  from sr2.models import transformer
+  cs = dataclasses.replace(c, scan_layers=True, remat="full")
+  stacked = transformer.stack_layers(params)
+  mesh = make_mesh(MeshConfig(data=2, fsdp=2))
+  shard = tree_shardings(models.param_axes(cs), stacked, mesh, AxisRules())
+  with jax.set_mesh(mesh):
+    hidden = jax.jit(lambda p, t: transformer.forward_hidden(cs, p, t))(
+      jax.device_put(stacked, shard), tokens
+    )
+    got = np.asarray(jax.jit(lambda p, t: models.forward(cs, p, t))(stacked, tokens))
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  assert hidden.sharding.spec[0] == ("data", "fsdp"), hidden.sharding.spec
+  print("constrained ok")
   """
 )
 
@@ -49,6 +65,7 @@ def test_sharded_forward_equals_single_device():
   proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.count(" ok ") == 3, proc.stdout
+  assert "constrained ok" in proc.stdout, proc.stdout
 
 
 def test_spec_drops_axes_that_do_not_divide():

@@ -1,4 +1,4 @@
-"""The Actor's tag protocol as pure functions over text (PAPER.md §1.3-1.4, §2.2).
+"""The Actor's tag protocol as pure functions over text (the paper's §1.3-1.4, §2.2).
 
 The Actor writes `<think>...</think>` then either `<search> query </search>` or
 `<answer> ... </answer>`; generation stops at either closing tag (or EOS). After a search

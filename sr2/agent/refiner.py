@@ -1,6 +1,6 @@
 """The Meta-Refiner: judge each trajectory, cut at the earliest flawed step, regenerate.
 
-PAPER.md §2.2 (Algorithm 1) with the decisions of DESIGN.md:
+The paper's §2.2 (Algorithm 1), with sr2's decisions where the paper is silent:
   - The refiner is the Actor's own params under the Meta-Refiner prompt (`refiner_prompt`
     over the question and the trajectory's assistant steps with their TOOL outputs).
   - One forward pass per trajectory scores the single-token choices "0".."n" right after
@@ -58,7 +58,7 @@ class RefinerConfig:
       the "+MR" and "+MR+PR" ablations.
     max_prompt_tokens: longer refiner prompts are not judged (accepted, and counted).
     decision_weight: joint optimisation multiplies each decision row's advantage by this,
-      which scales its policy-gradient term by the same factor (1.0: the paper as DESIGN.md
+      which scales its policy-gradient term by the same factor (1.0: the paper as sr2
       infers it; the paper is silent). Under seq-mean-token-mean a one-token decision row
       weighs as much as a whole trajectory; < 1 lowers the decisions' share (README).
     judge_rows: prompts per forward pass of the judgement. The prompts go through sorted

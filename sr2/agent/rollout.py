@@ -1,4 +1,4 @@
-"""The batched multi-turn search loop on the sampler (DESIGN.md, one training step, step 2).
+"""The batched multi-turn search loop on the sampler (step 2 of a training step).
 
 Each turn: decode every live row until `</search>`, `</answer>` or EOS (detected inside the
 jitted loop), parse what each row wrote, send all queries of the turn to the retriever in

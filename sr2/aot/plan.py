@@ -47,6 +47,7 @@ from sr2.models.config import PRESETS, ModelConfig, ModelSpec
 from sr2.parallel import AXES
 from sr2.sampling.state import DEFAULT_BUCKETS, bucket
 from sr2.train.setup import batch_rows, check_config
+from sr2.train.task import world_model_config
 
 PROGRAMS = (
   "update",
@@ -92,8 +93,7 @@ def model_config(config) -> ModelConfig:
   preset of the same name (`preset_name`), with the spec's dtype, layer layout and remat.
   """
   if config.data.get("source", "world") == "world":
-    fields = {k: v for k, v in config.model.to_dict().items() if k != "source"}
-    return ModelConfig(**{**fields, "vocab_size": config.data.vocab_size})
+    return world_model_config(config, config.data.vocab_size)
   spec = from_config(ModelSpec, config.model, "config.model")
   own = {f.name for f in dataclasses.fields(ModelConfig)}
   kept = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name in own}

@@ -46,6 +46,7 @@ from sr2.parallel import AxisRules
 from sr2.parallel import topology as topology_lib
 from sr2.rl import update
 from sr2.sampling import kernels
+from sr2.sampling import stops as stops_lib
 from sr2.sampling.methods import Temperature
 from sr2.sampling.state import SamplingConfig, SamplingState, bucket
 
@@ -177,12 +178,6 @@ def compile_program(
   return {**record, "compile_s": round(time.perf_counter() - t0, 2)}
 
 
-def _stop_tables(stop_strings: Sequence[str], vocab: int) -> tuple[tuple, tuple]:
-  """Shapes of the decode loop's stop automaton: next_state [S, Q, V] and lengths [S]."""
-  q = max((len(s.encode("utf-8")) for s in stop_strings), default=0) + 1
-  return (len(stop_strings), q, vocab), (len(stop_strings),)
-
-
 def _program(name: str, plan: Plan, x: _Inputs):
   """(fn, abstract args, out_shardings, donate_argnums, shape) of program `name`."""
   model, rl, cap = plan.model, plan.rl, plan.rl.max_len
@@ -215,7 +210,9 @@ def _program(name: str, plan: Plan, x: _Inputs):
     args = (x.params, state, x.rows(b, c), x.rows(b))
     return fn, args, state_out, (1,), {**shape, "chunk": c, "span": c}
   if name == "decode":
-    table, lengths = _stop_tables(sampling.stop_strings, model.vocab_size)
+    # The automaton's shapes depend on the stop strings and the vocabulary, not the tokens.
+    stops = stops_lib.build_stop_tables([b""] * model.vocab_size, sampling.stop_strings)
+    table, lengths = stops.next_state.shape, stops.lengths.shape
     fn = functools.partial(kernels.decode, model, sampling, cap)
     args = (
       x.params,

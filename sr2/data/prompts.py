@@ -1,6 +1,6 @@
 """Prompts: the Actor's search instruction, the Meta-Refiner and the process-reward judge.
 
-Wording is sr2's own; the content follows PAPER.md §1.3, §2.2 and §3. Wire strings (tags,
+Wording is sr2's own; the content follows the paper's §1.3, §2.2 and §3. Wire strings (tags,
 labels, the refiner's last line, the judge's answer prefix) are module constants so the
 agent, refiner and reward code parse exactly what is written here.
 
@@ -186,7 +186,7 @@ def judge_prompt(
   collections: Sequence[str | Sequence[str]],
   tokenizer: ChatTemplate | None = None,
 ) -> str:
-  """The process-reward judge prompt (PAPER.md §3 step 2).
+  """The process-reward judge prompt (the paper's §3, step 2).
 
   Args:
     question: the question.
@@ -233,7 +233,7 @@ _COUNT_RE = re.compile(
 def parse_judge_count(text: str, m: int) -> int:
   """The judge's count of useful collections: the last `Final Answer: N`, clipped to [0, m].
 
-  Unparsable text gives 0 (PAPER.md §3: edge cases decided in DESIGN.md).
+  Unparsable text gives 0 (the paper's §3; this edge case is sr2's decision).
   """
   if not isinstance(m, int) or m < 0:
     raise ValueError(f"m (number of collections) must be an int >= 0, got {m!r}")

@@ -31,6 +31,7 @@ from sr2.models.layers import (  # noqa: F401  (causal_block, rope, rms_norm: re
   rope,
   take_positions,
 )
+from sr2.parallel.rules import AxisRules
 
 Params = dict[str, Any]
 Cache = list[dict[str, jax.Array]]
@@ -187,19 +188,14 @@ def _block(config, layer, x_BxTxD, positions_BxT, attend, at) -> jax.Array:
 
 
 def _rows_sharded(x_BxTxD: jax.Array) -> jax.Array:
-  """Pins the residual stream's rows to the mesh's ("data", "fsdp") axes, when a mesh is
-  set (`jax.set_mesh`) and they divide the rows, so that sharding propagation never trades
-  the batch's sharding for the FSDP params' (which would replicate the activations)."""
+  """Pins the residual stream's rows to the mesh axes of the logical "batch" axis
+  (`AxisRules`), when a mesh is set (`jax.set_mesh`), so that sharding propagation never
+  trades the batch's sharding for the FSDP params' (which would replicate the activations)."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x_BxTxD
-  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
-  n = 1
-  for a in axes:
-    n *= mesh.shape[a]
-  if not axes or x_BxTxD.shape[0] % n:
-    return x_BxTxD
-  return jax.lax.with_sharding_constraint(x_BxTxD, jax.sharding.PartitionSpec(axes))
+  spec = AxisRules().spec(("batch", None, None), x_BxTxD.shape, mesh)
+  return jax.lax.with_sharding_constraint(x_BxTxD, spec) if spec[0] else x_BxTxD
 
 
 _REMAT_POLICIES = {

@@ -1,7 +1,7 @@
 """Passages: reading corpora, validating them, pooling multi-hop paragraphs, formatting hits.
 
 A passage is a dict `{"id": str, "title": str, "text": str}`. Observations shown to the
-model are `Doc 1(Title: t) text\nDoc 2(Title: t) text` (DESIGN.md), wrapped in
+model are `Doc 1(Title: t) text\nDoc 2(Title: t) text` (sr2's format), wrapped in
 `<information>` tags by `format_information`.
 """
 

@@ -1,4 +1,4 @@
-"""The hybrid reward with outcome gating (PAPER.md §3, Eq. 1 / 17).
+"""The hybrid reward with outcome gating (the paper's §3, Eq. 1 / 17).
 
   R(y) = r_outcome(y) · (1 + r_process(y))
 

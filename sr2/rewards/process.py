@@ -1,9 +1,9 @@
 """The process reward: the share of searches that brought useful, new evidence.
 
-PAPER.md §3, Eq. 16:  r_process(y) = N_useful / M = (1/M) Σ_i u_i, over the M searches of
+The paper's §3, Eq. 16:  r_process(y) = N_useful / M = (1/M) Σ_i u_i, over the M searches of
 trajectory y; u_i = 1 when collection c_i (the documents the i-th search returned) is
-useful and new. Edge cases (DESIGN.md): M = 0 → 0; an unparsable judge reply → 0; a count
-above M → M.
+useful and new. Edge cases (sr2's decisions; the paper is silent): M = 0 → 0; an
+unparsable judge reply → 0; a count above M → M.
 
 Two judges, both answering `verdicts(items, outcome)` with one `Verdict` per trajectory:
   lexical (default)  c_i is useful if its normalised text contains a normalised gold answer

@@ -1,6 +1,6 @@
 """The paper's three drivers of the Meta-Refiner's gain, estimated from one step's rollouts.
 
-PAPER.md §5 (Prop. 4.1, 4.2, App. D):  ΔJ = A_prec + V_inter · (S_trim + Ḡ).
+The paper's §5 (Prop. 4.1, 4.2, App. D):  ΔJ = A_prec + V_inter · (S_trim + Ḡ).
 
 Per draft i of the step (the Actor's first trajectory):
   α_i     1 if the gate accepted it, 0 if it was revised (the rule is a threshold, so α is

@@ -1,4 +1,4 @@
-"""GRPO math (PAPER.md §2.3, Eq. 2): group advantages, clipped surrogate, k3 KL, entropy.
+"""GRPO math (the paper's §2.3, Eq. 2): group advantages, clipped surrogate, k3 KL, entropy.
 
 Small pure jnp functions, all jit-able. Shapes: B sequences, T tokens, V vocab, G group
 size. Masks are 0/1 (any nonzero counts as 1): 1 on tokens the model wrote, 0 on prompt,
@@ -186,7 +186,7 @@ NONFINITE_POLICIES = ("skip", "stop")
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-  """GRPO hyperparameters (PAPER.md §4; ε is not reported, verl's default 0.2)."""
+  """GRPO hyperparameters (the paper's §4; ε is not reported, verl's default 0.2)."""
 
   group_size: int = 5  # G rollouts per prompt
   clip_eps: float = 0.2  # lower (and default upper) clip range ε

@@ -1,7 +1,7 @@
 """The training reward of a run (config.reward): outcome EM, optionally gated process reward.
 
 process = "none"     R = EM                       (Search-R1)
-process = "lexical"  R = EM · (1 + r_process)     (the default judge of DESIGN.md)
+process = "lexical"  R = EM · (1 + r_process)     (sr2's default judge)
 process = "llm"      the same with the paper's judge prompt run by `judge_source` (a
                      named model, HF dir or .gguf; it needs a tokenizer)
 """

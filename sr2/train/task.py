@@ -95,6 +95,12 @@ def build_task(config) -> Task:
 # --------------------------------------------------------------------------- world
 
 
+def world_model_config(config, vocab_size: int) -> models.ModelConfig:
+  """The world's model: the fields of `config.model` with the tokenizer's vocabulary."""
+  fields = {k: v for k, v in config.model.to_dict().items() if k != "source"}
+  return models.ModelConfig(**{**fields, "vocab_size": vocab_size})
+
+
 def world_task(config, rollout: RolloutConfig) -> Task:
   stop_short = config.data.get("stop_short", 0.0)
   if not isinstance(stop_short, int | float) or not 0 <= stop_short <= 1:
@@ -109,8 +115,7 @@ def world_task(config, rollout: RolloutConfig) -> Task:
   ]
   texts = world.texts() + [actor_prompt(q.question) for q in train] + gold_text
   tok = train_tokenizer(texts, config.data.vocab_size)
-  model_fields = {k: v for k, v in config.model.to_dict().items() if k != "source"}
-  model = models.ModelConfig(**{**model_fields, "vocab_size": len(tok)})
+  model = world_model_config(config, len(tok))
   titles = {pid: title for pid, title, _ in world.passages}
 
   def question(q) -> Question:
