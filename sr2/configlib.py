@@ -14,7 +14,7 @@ import difflib
 import importlib.util
 import os
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -93,6 +93,21 @@ def check_ints(
     value = getattr(obj, name)
     if not is_int_at_least(value, minimum):
       raise error(f"{where}.{name}={value!r}; expected an int >= {minimum}")
+
+
+def check_choices(
+  obj: Any,
+  where: str,
+  choices: Mapping[str, Sequence[str]],
+  error: type[Exception] = ConfigError,
+) -> None:
+  """Raises `error` "<where>.<name>=<value>; expected one of <choices>" for the first field
+  of `obj` named in `choices` whose value is not one of its choices (`__post_init__` checks
+  of fields that name an option)."""
+  for name, allowed in choices.items():
+    value = getattr(obj, name)
+    if value not in allowed:
+      raise error(f"{where}.{name}={value!r}; expected one of {allowed}")
 
 
 def load_config_file(path: str | os.PathLike, arg: str | None = None):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sr2.configlib import ConfigError, check_ints, check_keys
+from sr2.configlib import ConfigError, check_choices, check_ints, check_keys
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 DTYPES = ("float32", "bfloat16")
@@ -66,14 +66,7 @@ class ModelConfig:
   remat: str = "none"
 
   def __post_init__(self):
-    if self.remat not in REMAT:
-      raise ConfigError(f"model.remat={self.remat!r}; expected one of {REMAT}")
-    if self.arch not in ARCHITECTURES:
-      raise ConfigError(
-        f"model.arch={self.arch!r} is not supported; expected one of {ARCHITECTURES}"
-      )
-    if self.dtype not in DTYPES:
-      raise ConfigError(f"model.dtype={self.dtype!r}; expected one of {DTYPES}")
+    check_choices(self, "model", {"remat": REMAT, "arch": ARCHITECTURES, "dtype": DTYPES})
     check_ints(
       self,
       "model",
@@ -190,10 +183,7 @@ class ModelSpec:
   def __post_init__(self):
     if not isinstance(self.source, str) or not self.source:
       raise ConfigError(f"model.source={self.source!r}; expected a model name or path")
-    if self.dtype not in DTYPES:
-      raise ConfigError(f"model.dtype={self.dtype!r}; expected one of {DTYPES}")
-    if self.remat not in REMAT:
-      raise ConfigError(f"model.remat={self.remat!r}; expected one of {REMAT}")
+    check_choices(self, "model", {"dtype": DTYPES, "remat": REMAT})
     if self.source.startswith("preset:") and self.source[7:] not in PRESETS:
       raise ConfigError(
         f"model.source={self.source!r}: unknown preset; expected one of {sorted(PRESETS)}"

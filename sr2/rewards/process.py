@@ -29,7 +29,7 @@ from typing import Protocol
 import jax
 import numpy as np
 
-from sr2.configlib import check_ints
+from sr2.configlib import check_choices, check_ints
 from sr2.data.prompts import judge_prompt, parse_judge_count
 from sr2.rewards.qa import normalize_answer
 
@@ -296,8 +296,7 @@ class ProcessConfig:
   chat: bool = True
 
   def __post_init__(self):
-    if self.judge not in JUDGES:
-      raise ValueError(f"process.judge={self.judge!r}; expected one of {JUDGES}")
+    check_choices(self, "process", {"judge": JUDGES}, error=ValueError)
     check_ints(self, "process", ("max_new_tokens", "max_len", "batch_size"), error=ValueError)
     if self.max_new_tokens >= self.max_len:
       raise ValueError(

@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from sr2.configlib import ConfigError
+from sr2.configlib import ConfigError, check_choices, check_ints
 
 AGG_MODES = ("seq-mean-token-mean", "token-mean")
 KL_KINDS = ("k1", "k3")
@@ -204,27 +204,20 @@ class GRPOConfig:
   micro_batch_rows: int = 0  # rows per forward/backward pass, gradients summed; 0 = all
 
   def __post_init__(self):
-    g = self.group_size
-    if not isinstance(g, int) or isinstance(g, bool) or g < 2:
-      raise ConfigError(f"grpo.group_size={g!r}; expected an integer >= 2")
+    check_ints(self, "grpo", ("group_size",), minimum=2)
     if not 0 < self.clip_eps < 1:
       raise ConfigError(f"grpo.clip_eps={self.clip_eps}; expected 0 < clip_eps < 1")
     if self.clip_eps_high is not None and not self.clip_eps_high > 0:
       raise ConfigError(f"grpo.clip_eps_high={self.clip_eps_high}; expected > 0 or None")
     if not self.kl_coef >= 0:
       raise ConfigError(f"grpo.kl_coef={self.kl_coef}; expected >= 0")
-    if self.kl_kind not in KL_KINDS:
-      raise ConfigError(f"grpo.kl_kind={self.kl_kind!r}; expected one of {KL_KINDS}")
-    if self.loss_agg not in AGG_MODES:
-      raise ConfigError(f"grpo.loss_agg={self.loss_agg!r}; expected one of {AGG_MODES}")
+    choices = {"kl_kind": KL_KINDS, "loss_agg": AGG_MODES, "nonfinite": NONFINITE_POLICIES}
+    check_choices(self, "grpo", choices)
     if not self.adv_eps > 0:
       raise ConfigError(f"grpo.adv_eps={self.adv_eps}; expected > 0")
     if not self.entropy_coef >= 0:
       raise ConfigError(f"grpo.entropy_coef={self.entropy_coef}; expected >= 0")
-    for name in ("ppo_epochs", "num_minibatches"):
-      v = getattr(self, name)
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ConfigError(f"grpo.{name}={v!r}; expected an integer >= 1")
+    check_ints(self, "grpo", ("ppo_epochs", "num_minibatches"))
     mb = self.micro_batch_rows
     if not isinstance(mb, int) or isinstance(mb, bool) or mb < 0:
       raise ConfigError(
@@ -232,8 +225,6 @@ class GRPOConfig:
       )
     if self.logprob_chunk < 0:
       raise ConfigError(f"grpo.logprob_chunk={self.logprob_chunk}; expected >= 0 (0 = off)")
-    if self.nonfinite not in NONFINITE_POLICIES:
-      raise ConfigError(f"grpo.nonfinite={self.nonfinite!r}; expected one of {NONFINITE_POLICIES}")
 
 
 def grpo_loss(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sr2.agent.rollout import Trajectory
+from sr2.configlib import check_choices
 from sr2.rewards import exact_match
 from sr2.rewards.hybrid import hybrid_reward
 from sr2.rewards.process import Collection, JudgeItem, LexicalJudge, ProcessConfig, make_judge
@@ -31,8 +32,7 @@ class RewardConfig:
   judge_max_new_tokens: int = 64  # llm judge reply budget
 
   def __post_init__(self):
-    if self.process not in PROCESS:
-      raise ValueError(f"reward.process={self.process!r}; expected one of {PROCESS}")
+    check_choices(self, "reward", {"process": PROCESS}, error=ValueError)
     if self.judge_max_new_tokens < 1:
       raise ValueError(f"reward.judge_max_new_tokens={self.judge_max_new_tokens}; expected >= 1")
 
