@@ -118,6 +118,23 @@ class _Inputs:
 # --------------------------------------------------------------------------- compiling
 
 
+# The fields `_record` reads off a compiled program, in record order; a program XLA refuses
+# has None for each but `hbm_bytes` and `fits`.
+_RECORD_FIELDS = (
+  "argument_bytes",
+  "output_bytes",
+  "temp_bytes",
+  "alias_bytes",
+  "peak_bytes",
+  "hbm_bytes",
+  "fits",
+  "flops",
+  "bytes_accessed",
+  "roofline_s",
+  "has_loops",
+)
+
+
 def _record(compiled, hbm: int, gen: topology_lib.Generation) -> dict:
   m = compiled.memory_analysis()
   mem = dict(
@@ -161,20 +178,10 @@ def compile_program(
   except Exception as e:  # XLA raises JaxRuntimeError (or XlaRuntimeError) for OOM
     if not _is_oom(e):
       raise
-    none = dict.fromkeys(("argument_bytes", "output_bytes", "temp_bytes", "alias_bytes"))
-    return dict(
-      **none,
-      peak_bytes=None,
-      hbm_bytes=topo.hbm_bytes,
-      fits=False,
-      flops=None,
-      bytes_accessed=None,
-      roofline_s=None,
-      has_loops=None,
-      error=str(e).strip()[:2000],
-      compile_s=round(time.perf_counter() - t0, 2),
-    )
-  record = _record(compiled, topo.hbm_bytes, topo.generation)
+    refused = dict(hbm_bytes=topo.hbm_bytes, fits=False, error=str(e).strip()[:2000])
+    record = {**dict.fromkeys(_RECORD_FIELDS), **refused}
+  else:
+    record = _record(compiled, topo.hbm_bytes, topo.generation)
   return {**record, "compile_s": round(time.perf_counter() - t0, 2)}
 
 
