@@ -104,52 +104,42 @@ class ModelConfig:
     return self.vocab_size * d + self.n_layers * layer + d + head
 
 
-# What the checkpoints of a Qwen family share, besides RoPE base 1e6.
-_QWEN_FAMILIES: dict[str, dict[str, Any]] = {
-  "qwen2": dict(qkv_bias=True, vocab_size=151936, norm_eps=1e-6, max_seq_len=32768),
-  "qwen3": dict(qk_norm=True, vocab_size=151936, norm_eps=1e-6, head_dim=128, max_seq_len=40960),
+# What the checkpoints of a family share (a preset's overrides say where one differs); the
+# Qwen2.5 and Qwen3 families start from the same vocabulary, RoPE base and norm epsilon.
+_QWEN: dict[str, Any] = dict(vocab_size=151936, rope_theta=1e6, norm_eps=1e-6)
+_FAMILIES: dict[str, dict[str, Any]] = {
+  "smollm2": dict(arch="llama", vocab_size=49152, rope_theta=1e5, norm_eps=1e-5, max_seq_len=8192),
+  "qwen2": dict(_QWEN, arch="qwen2", qkv_bias=True, max_seq_len=32768),
+  "qwen3": dict(_QWEN, arch="qwen3", qk_norm=True, head_dim=128, max_seq_len=40960),
 }
-# The fields of a Qwen preset row, in order.
-_QWEN_ROW = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "tie_embeddings")
+# The fields of a preset row, in order.
+_ROW = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "tie_embeddings")
 
 
-def _qwen(arch: str, *row: Any, **overrides: Any) -> ModelConfig:
-  """A Qwen preset: `row` gives the `_QWEN_ROW` fields, `overrides` what the checkpoint does
-  not share with its family (`_QWEN_FAMILIES[arch]`); head_dim, where the family sets none
-  (Qwen2.5), is d_model / n_heads."""
-  fields = {**_QWEN_FAMILIES[arch], **dict(zip(_QWEN_ROW, row, strict=True)), **overrides}
+def _preset(family: str, *row: Any, **overrides: Any) -> ModelConfig:
+  """A preset: `row` gives the `_ROW` fields, `overrides` what the checkpoint does not share
+  with its family (`_FAMILIES[family]`); head_dim, where the family sets none, is
+  d_model / n_heads."""
+  fields = {**_FAMILIES[family], **dict(zip(_ROW, row, strict=True)), **overrides}
   fields.setdefault("head_dim", fields["d_model"] // fields["n_heads"])
-  return ModelConfig(arch=arch, rope_theta=1e6, **fields)
+  return ModelConfig(**fields)
 
 
 # Shapes of the released checkpoints (their config.json); eps and tying as published.
 PRESETS: dict[str, ModelConfig] = {
   "tiny": ModelConfig(),
-  "smollm2-135m": ModelConfig(
-    arch="llama",
-    vocab_size=49152,
-    d_model=576,
-    n_layers=30,
-    n_heads=9,
-    n_kv_heads=3,
-    head_dim=64,
-    d_ff=1536,
-    rope_theta=1e5,
-    norm_eps=1e-5,
-    tie_embeddings=True,
-    max_seq_len=8192,
-  ),
-  # _qwen(family, d_model, n_layers, n_heads, n_kv_heads, d_ff, tie_embeddings, **overrides)
-  "qwen2.5-0.5b": _qwen("qwen2", 896, 24, 14, 2, 4864, True),
-  "qwen2.5-1.5b": _qwen("qwen2", 1536, 28, 12, 2, 8960, True),
-  "qwen2.5-3b": _qwen("qwen2", 2048, 36, 16, 2, 11008, True),
-  "qwen2.5-7b": _qwen("qwen2", 3584, 28, 28, 4, 18944, False, vocab_size=152064),
-  "qwen2.5-14b": _qwen("qwen2", 5120, 48, 40, 8, 13824, False, vocab_size=152064, norm_eps=1e-5),
-  "qwen2.5-32b": _qwen("qwen2", 5120, 64, 40, 8, 27648, False, vocab_size=152064, norm_eps=1e-5),
-  "qwen3-0.6b": _qwen("qwen3", 1024, 28, 16, 8, 3072, True),
-  "qwen3-1.7b": _qwen("qwen3", 2048, 28, 16, 8, 6144, True),
-  "qwen3-4b": _qwen("qwen3", 2560, 36, 32, 8, 9728, True),
-  "qwen3-8b": _qwen("qwen3", 4096, 36, 32, 8, 12288, False),
+  # _preset(family, d_model, n_layers, n_heads, n_kv_heads, d_ff, tie_embeddings, **overrides)
+  "smollm2-135m": _preset("smollm2", 576, 30, 9, 3, 1536, True),
+  "qwen2.5-0.5b": _preset("qwen2", 896, 24, 14, 2, 4864, True),
+  "qwen2.5-1.5b": _preset("qwen2", 1536, 28, 12, 2, 8960, True),
+  "qwen2.5-3b": _preset("qwen2", 2048, 36, 16, 2, 11008, True),
+  "qwen2.5-7b": _preset("qwen2", 3584, 28, 28, 4, 18944, False, vocab_size=152064),
+  "qwen2.5-14b": _preset("qwen2", 5120, 48, 40, 8, 13824, False, vocab_size=152064, norm_eps=1e-5),
+  "qwen2.5-32b": _preset("qwen2", 5120, 64, 40, 8, 27648, False, vocab_size=152064, norm_eps=1e-5),
+  "qwen3-0.6b": _preset("qwen3", 1024, 28, 16, 8, 3072, True),
+  "qwen3-1.7b": _preset("qwen3", 2048, 28, 16, 8, 6144, True),
+  "qwen3-4b": _preset("qwen3", 2560, 36, 32, 8, 9728, True),
+  "qwen3-8b": _preset("qwen3", 4096, 36, 32, 8, 12288, False),
 }
 
 
