@@ -33,12 +33,16 @@ def iter_jsonl(
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
         raise error(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise error(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
-      if not isinstance(row, dict):
-        raise error(f"{where}: expected a JSON object, got {type(row).__name__}")
-      yield where, lineno, row
+      if line.strip():
+        yield where, lineno, _json_object(line, where, error)
+
+
+def _json_object(line: str, where: str, error: type[Exception]) -> dict:
+  """The JSON object on `line`; `error` naming `where` when it is not JSON or not an object."""
+  try:
+    row = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise error(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+  if not isinstance(row, dict):
+    raise error(f"{where}: expected a JSON object, got {type(row).__name__}")
+  return row
