@@ -243,14 +243,9 @@ class BM25Index:
     """Writes the index and its passages under `directory` (created if missing)."""
     from sr2.retrieval import storage  # deferred: storage imports this module
 
-    storage.save(
-      directory,
-      self.config,
-      self._vocab,
-      self._scores_VxN,
-      self._passages,
-      self._postings.bounds,
-    )
+    bounds = self._postings.bounds
+    parts = storage.Parts(self.config, self._vocab, self._scores_VxN, self._passages, bounds)
+    storage.save(directory, parts)
 
   @classmethod
   def load(

@@ -20,6 +20,7 @@ import mmap as mmap_lib
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,16 +32,28 @@ _FORMAT = "sr2-bm25"
 _BOUNDS = "term_bounds.npy"
 
 
-def save(
-  directory: str | os.PathLike,
-  config: BM25Config,
-  vocab: Mapping[str, int],
-  scores_VxN: sp.csr_array,
-  passages: Sequence[tuple[str, str, str]],
-  bounds_V: np.ndarray,
-) -> None:
-  """Writes an index's parts under `directory` (created if missing); `bounds_V` is
-  `scoring.term_bounds(scores_VxN)`."""
+class Parts(NamedTuple):
+  """What an index is made of: what `save` writes and `load` reads back.
+
+  Attributes:
+    config: how the index scores.
+    vocab: term -> row of `scores_VxN`.
+    scores_VxN: each term's score in each passage, CSR.
+    passages: `(id, title, text)` per column of `scores_VxN`.
+    bounds_V: `scoring.term_bounds(scores_VxN)`; from `load`, None for an index without
+      (current) term bounds: the caller computes them.
+  """
+
+  config: BM25Config
+  vocab: Mapping[str, int]
+  scores_VxN: sp.csr_array
+  passages: Sequence[tuple[str, str, str]]
+  bounds_V: np.ndarray | None
+
+
+def save(directory: str | os.PathLike, parts: Parts) -> None:
+  """Writes an index's parts under `directory` (created if missing)."""
+  config, vocab, scores_VxN, passages, bounds_V = parts
   path = pathlib.Path(directory)
   path.mkdir(parents=True, exist_ok=True)
 
@@ -86,15 +99,8 @@ def _save_npy(path: pathlib.Path, array: np.ndarray) -> None:
     np.save(f, np.asarray(array))
 
 
-def load(
-  directory: str | os.PathLike, *, mmap: bool
-) -> tuple[
-  BM25Config, dict[str, int], sp.csr_array, Sequence[tuple[str, str, str]], np.ndarray | None
-]:
-  """Reads the parts `save` wrote: `(config, vocab, scores_VxN, passages, bounds_V)`.
-
-  With `mmap` the arrays and passages stay on disk until read. `bounds_V` is None for an
-  index without (current) term bounds: the caller computes them.
+def load(directory: str | os.PathLike, *, mmap: bool) -> Parts:
+  """Reads the parts `save` wrote; with `mmap` the arrays and passages stay on disk until read.
 
   Raises:
     BM25Error: if `directory` is not a readable index of this format version.
@@ -157,7 +163,7 @@ def load(
   with open(path / "passages.jsonl", "rb") as f:
     buffer = mmap_lib.mmap(f.fileno(), 0, access=mmap_lib.ACCESS_READ) if mmap else f.read()
   vocab = {t: i for i, t in enumerate(terms)}
-  return config, vocab, scores, _JsonlPassages(buffer, offsets), bounds
+  return Parts(config, vocab, scores, _JsonlPassages(buffer, offsets), bounds)
 
 
 class _JsonlPassages(Sequence):
