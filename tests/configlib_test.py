@@ -1,10 +1,11 @@
-"""load_config_file: a config file's get_config, and its errors named."""
+"""load_config_file: a config file's get_config, and its errors named; check_choices."""
 
+import dataclasses
 import pathlib
 
 import pytest
 
-from sr2.configlib import ConfigError, load_config_file
+from sr2.configlib import ConfigError, check_choices, load_config_file
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
@@ -22,3 +23,16 @@ def test_missing_file_and_missing_get_config_are_named(tmp_path):
   (tmp_path / "bare.py").write_text("X = 1\n")
   with pytest.raises(ConfigError, match=r"bare\.py has no get_config\(\)"):
     load_config_file(tmp_path / "bare.py")
+
+
+def test_check_choices_names_the_first_field_off_its_options():
+  @dataclasses.dataclass(frozen=True)
+  class C:
+    kind: str = "a"
+    mode: str = "x"
+
+  check_choices(C(), "c", {"kind": ("a", "b"), "mode": ("x",)})
+  with pytest.raises(ConfigError, match=r"c\.mode='y'; expected one of \('x',\)"):
+    check_choices(C(mode="y"), "c", {"kind": ("a", "b"), "mode": ("x",)})
+  with pytest.raises(ValueError, match=r"c\.kind='z'"):
+    check_choices(C(kind="z", mode="y"), "c", {"kind": ("a",), "mode": ("x",)}, error=ValueError)
