@@ -100,7 +100,7 @@ class ScriptedSampler:
     self.written: list[set[int]] = [set() for _ in scripts]
     self.decode_calls = 0
 
-  def prefill(self, params, prompts, rng=None, batch=None):
+  def prefill(self, params, prompts, rng=None, batch=None, first_row=0):
     from sr2.sampling import SamplingState
 
     np, b, L = self._np, len(prompts), self.config.max_len
@@ -117,7 +117,7 @@ class ScriptedSampler:
       finish=z.copy(),
       stop_state=np.zeros((b, 0), np.int32),
       cache=[],
-      rng=None,
+      rng=np.arange(b),  # each row's number stands in for its key: which script it writes
     )
 
   def decode(self, params, state, max_new_tokens):
@@ -173,11 +173,11 @@ class ScriptedSampler:
       state.done[r], state.finish[r] = False, 0
     return state
 
-  # A state from `select` keeps its rows' indices in the full batch in `rng` (the stand-in
-  # samples nothing), so each row still writes its own script.
+  # A row's "key" is its index in the full batch (the stand-in samples nothing); `select`
+  # carries it like a real key, so each row still writes its own script.
   @staticmethod
   def _row(state, r: int) -> int:
-    return r if state.rng is None else int(state.rng[r])
+    return int(state.rng[r])
 
   def select(self, state, rows, batch):
     import dataclasses
@@ -191,7 +191,7 @@ class ScriptedSampler:
     idx[: len(rows)] = rows
     fields = {f: getattr(state, f)[idx].copy() for f in ROW_FIELDS}
     fields["done"][len(rows) :] = True
-    return dataclasses.replace(state, rng=np.asarray([self._row(state, r) for r in idx]), **fields)
+    return dataclasses.replace(state, **fields)
 
   def merge(self, state, sub, rows):
     from sr2.sampling.state import ROW_FIELDS

@@ -314,3 +314,34 @@ def test_select_then_merge_round_trips_and_checks_rows(llama):
     s.select(merged, [5], 4)
   with pytest.raises(ValueError, match="do not fit a batch of 1"):
     s.select(merged, [0, 1], 1)
+
+
+def test_a_row_samples_the_same_tokens_in_any_batch(llama):
+  """Each row draws from its own key (`rng` folded with its number), so a row numbered 2
+  samples the same tokens in a batch of 4, in a chunk of its own (first_row=2), and beside
+  rows that stop early: the property that makes chunked and multi-process collection equal
+  one process's. Logits match to float rounding across batch sizes; the tokens exactly."""
+  _, m = llama
+  rng = np.random.default_rng(3)
+  prompts = [rng.integers(0, 300, n).tolist() for n in (6, 11, 4, 9)]
+  s = Sampler(m.config, None, SamplingConfig(max_len=64, method=Temperature(1.0), **NO_STOP))
+  key = jax.random.key(7)
+  whole = sampler.rows_since(s.decode(m.params, s.prefill(m.params, prompts, key), 16), [0] * 4)
+  tail = s.prefill(m.params, prompts[2:], key, first_row=2)
+  tail = sampler.rows_since(s.decode(m.params, tail, 16), [0, 0])
+  assert [r["tokens"] for r in tail] == [r["tokens"] for r in whole[2:]]
+  # Rows 0 and 1 differ from rows 2 and 3 (their own keys), and a new key changes them.
+  other = s.prefill(m.params, prompts[2:], jax.random.key(8), first_row=2)
+  other = sampler.rows_since(s.decode(m.params, other, 16), [0, 0])
+  assert [r["tokens"] for r in other] != [r["tokens"] for r in tail]
+  # A row's key moves only when the row samples: row 0 fills its capacity after 4 tokens
+  # while row 1 runs 16; cut back and resumed, row 0 draws what it draws alone.
+  long = rng.integers(0, 300, 60).tolist()
+
+  def resumed(batch_prompts):
+    st = s.prefill(m.params, batch_prompts, key)
+    st = s.decode(m.params, st, 16)
+    st = s.truncate(st, [0], [62])
+    return sampler.rows_since(s.decode(m.params, st, 16), [62])[0]["tokens"]
+
+  assert resumed([long, prompts[1]]) == resumed([long])

@@ -17,6 +17,7 @@ bandwidth is the figure of merit at small batch; FLOP/s against the matmul peak 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -76,6 +77,7 @@ def sampler_rows(
   ignore_stop: bool,
   repeats: int,
   ceilings: dict,
+  mesh=None,
 ) -> dict:
   from sr2.sampling import Greedy, Sampler, SamplingConfig
 
@@ -85,7 +87,7 @@ def sampler_rows(
   max_len = prompt_len + new_tokens
   stop_kw = dict(stop_strings=(), stop_on_eos=False) if ignore_stop else {}
   cfg = SamplingConfig(max_len=max_len, method=Greedy(), buckets=(prompt_len,), **stop_kw)
-  s = Sampler(model.config, model.tokenizer, cfg)
+  s = Sampler(model.config, model.tokenizer, cfg, mesh=mesh)
   prompts = [prompt] * batch
   prefill = lambda: s.prefill(model.params, prompts).tokens
   run = lambda: s.decode(model.params, s.prefill(model.params, prompts), new_tokens)
@@ -97,6 +99,13 @@ def sampler_rows(
   out = np.asarray(state.tokens[0, prompt_len:max_len]).tolist()
   # Rows that stop early (stops on) generate fewer tokens: count what was generated.
   generated = int(np.sum(np.asarray(state.lengths) - prompt_len))
+  first_device = jax.devices()[0]
+  kv_bytes = sum(
+    shard.data.nbytes
+    for leaf in jax.tree.leaves(state.cache)
+    for shard in leaf.addressable_shards
+    if shard.device == first_device
+  )
   steps = int(np.max(np.asarray(state.lengths)) - prompt_len)
   decode_s = max(t_total - t_prefill, 1e-9)
   flops, bytes_ = decode_cost(model.config, batch, s.attention_span(max_len))
@@ -117,6 +126,8 @@ def sampler_rows(
     "first_call_s": round(first_call, 2),
     "compile_s": round(first_call - t_total, 2),
     "programs": s.num_programs,
+    "devices": 1 if mesh is None else mesh.size,
+    "kv_bytes_per_device": int(kv_bytes),
     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     "decode_flops_per_s": round(flops / step_s / 1e9, 2) * 1e9,
     "decode_bytes_per_s": round(bytes_ / step_s / 1e9, 2) * 1e9,
@@ -171,6 +182,8 @@ def sampler_benchmark(argv: Sequence[str] | None = None) -> list[dict]:
   from sr2 import models
 
   args = _parser().parse_args(list(argv) if argv is not None else [])
+  if args.devices > 1:  # before JAX starts its backend
+    jax.config.update("jax_num_cpu_devices", args.devices)
   ceilings = (
     {"peak_flops": args.peak_flops, "peak_bytes_per_s": args.peak_bandwidth}
     if args.peak_flops and args.peak_bandwidth
@@ -188,10 +201,24 @@ def sampler_benchmark(argv: Sequence[str] | None = None) -> list[dict]:
     flush=True,
   )
   model = models.load(args.model, dtype=args.dtype)
+  mesh = None
+  if args.devices > 1:
+    from sr2.parallel import AxisRules, MeshConfig, make_mesh, tree_shardings
+
+    mesh = make_mesh(MeshConfig(data=-1))
+    shardings = tree_shardings(models.param_axes(model.config), model.params, mesh, AxisRules())
+    model = dataclasses.replace(model, params=jax.device_put(model.params, shardings))
   rows = []
   for batch in (int(b) for b in args.batch.split(",")):
     row = sampler_rows(
-      model, batch, args.prompt_len, args.new_tokens, args.ignore_stop, args.repeats, ceilings
+      model,
+      batch,
+      args.prompt_len,
+      args.new_tokens,
+      args.ignore_stop,
+      args.repeats,
+      ceilings,
+      mesh=mesh,
     )
     if args.compare_hf:
       prompt = (model.tokenizer.encode(_PROMPT_TEXT) * 8)[: args.prompt_len]
@@ -216,6 +243,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--ignore-stop", action="store_true", help="no EOS or stop strings")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument(
+    "--devices", type=int, default=1, help="N fake CPU devices; rows split over them (data=N)"
+  )
   p.add_argument("--compare-hf", action="store_true", help="also time HF generate (torch)")
   p.add_argument("--peak-flops", type=float, default=None, help="skip measuring: FLOP/s")
   p.add_argument("--peak-bandwidth", type=float, default=None, help="skip measuring: bytes/s")

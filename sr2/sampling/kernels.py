@@ -111,7 +111,7 @@ def truncate(state: SamplingState, new_len_B, mask_B):
 def take_rows(state: SamplingState, rows_B, live_B):
   """A state whose row i is `state`'s row rows_B[i]; rows with live_B[i] False are done.
 
-  Row data and KV cache are copied as they are (nothing re-encoded); the rng is shared.
+  Row data, PRNG keys and KV cache are copied as they are (nothing re-encoded).
   """
   fields = {name: getattr(state, name)[rows_B] for name in ROW_FIELDS}
   fields["done"] = fields["done"] | ~live_B
@@ -121,7 +121,7 @@ def take_rows(state: SamplingState, rows_B, live_B):
 
 @functools.partial(jax.jit, donate_argnames=("state",))
 def put_rows(state: SamplingState, sub: SamplingState, rows_B, live_B):
-  """`state` with its row rows_B[i] set to `sub`'s row i where live_B[i]; `sub`'s rng."""
+  """`state` with its row rows_B[i] set to `sub`'s row i where live_B[i]."""
   at = jnp.where(live_B, rows_B, state.batch)  # out of range: dropped
 
   def put(full, part):
@@ -132,7 +132,7 @@ def put_rows(state: SamplingState, sub: SamplingState, rows_B, live_B):
     {k: put(v, part[k]) for k, v in layer.items()}
     for layer, part in zip(state.cache, sub.cache, strict=True)
   ]
-  return dataclasses.replace(state, cache=cache, rng=sub.rng, **fields)
+  return dataclasses.replace(state, cache=cache, **fields)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnames=("state",))
@@ -166,8 +166,11 @@ def decode(
     logits, cache = transformer.forward_with_cache(
       model, params, cur[:, None], pos[:, None], st.cache, active[:, None], span
     )
-    rng, key = jax.random.split(st.rng)
-    tok, lp, raw = methods_lib.sample(cfg.method, logits[:, 0], key)
+    # Each row splits its own key, and only when it samples: a row's draws depend on its
+    # own history, not on the rows beside it.
+    keys = jax.vmap(jax.random.split)(st.rng)
+    tok, lp, raw = methods_lib.sample(cfg.method, logits[:, 0], keys[:, 1])
+    rng = jnp.where(active, keys[:, 0], st.rng)
     lp = raw if cfg.logprobs == "raw" else lp
     at = jnp.where(active, st.lengths, L)
     tokens = st.tokens.at[rows, at].set(tok, mode="drop")

@@ -105,7 +105,10 @@ def filtered_logits(method: Method, logits_BxV: jax.Array) -> jax.Array:
 def sample(
   method: Method, logits_BxV: jax.Array, rng: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Draws one token per row.
+  """Draws one token per row; `rng` is one key, or one key per row ([B]).
+
+  With a key per row, a row's draw depends only on its own key and logits, not on the
+  batch it sits in: how rows are split into chunks, devices or processes changes nothing.
 
   Returns:
     (tokens int32 [B], log-prob under the sampling distribution [B], raw model log-prob at
@@ -117,7 +120,10 @@ def sample(
     lp = _pick(raw, tokens)
     return tokens, lp, lp
   dist = jax.nn.log_softmax(filtered_logits(method, logits_BxV), axis=-1)
-  tokens = jax.random.categorical(rng, dist, axis=-1).astype(jnp.int32)
+  if rng.ndim:
+    tokens = jax.vmap(jax.random.categorical)(rng, dist).astype(jnp.int32)
+  else:
+    tokens = jax.random.categorical(rng, dist, axis=-1).astype(jnp.int32)
   return tokens, _pick(dist, tokens), _pick(raw, tokens)
 
 

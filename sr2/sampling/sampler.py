@@ -33,14 +33,17 @@ reports the count.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
 from sr2.models import transformer
 from sr2.models.config import ModelConfig
+from sr2.parallel.rules import AxisRules
 from sr2.sampling import kernels
 from sr2.sampling import stops as stops_lib
 from sr2.sampling.state import FINISH_NAMES, SamplingConfig, SamplingState, bucket
@@ -50,10 +53,20 @@ class Sampler:
   """Host-side driver: pads chunks to buckets, holds stop tables, counts programs.
 
   Params are passed to each call (they change between RL steps); the static model and
-  sampling configs are fixed per sampler.
+  sampling configs are fixed per sampler. With a `mesh`, every state is born laid out by
+  logical axes (`state_shardings`): rows over the `batch` rule's axes (data x fsdp), KV
+  heads over `tensor` where they divide; the jitted kernels keep that layout, so each
+  device holds and decodes its own rows. Without one, states live on the default device.
   """
 
-  def __init__(self, model: ModelConfig, tokenizer, config: SamplingConfig | None = None):
+  def __init__(
+    self,
+    model: ModelConfig,
+    tokenizer,
+    config: SamplingConfig | None = None,
+    mesh: Mesh | None = None,
+    rules: AxisRules | None = None,
+  ):
     config = config or SamplingConfig()
     if config.max_len > model.max_seq_len:
       raise ValueError(
@@ -62,6 +75,8 @@ class Sampler:
     self.model = model
     self.config = config
     self.tokenizer = tokenizer
+    self.mesh = mesh
+    self.rules = rules or AxisRules()
     if config.stop_strings and tokenizer is None:
       raise ValueError("stop strings need a tokenizer (to know each token's bytes)")
     tables = (
@@ -77,20 +92,27 @@ class Sampler:
 
   # ------------------------------------------------------------------ state
 
-  def init_state(self, batch: int, rng: jax.Array | None = None) -> SamplingState:
-    """Empty rows (length 0, done) with a cache of `config.max_len` slots."""
-    L = self.config.max_len
-    return SamplingState(
-      tokens=jnp.zeros((batch, L), jnp.int32),
-      logprobs=jnp.zeros((batch, L), jnp.float32),
-      lengths=jnp.zeros((batch,), jnp.int32),
-      turn_start=jnp.zeros((batch,), jnp.int32),
-      done=jnp.ones((batch,), bool),
-      finish=jnp.zeros((batch,), jnp.int32),
-      stop_state=jnp.zeros((batch, len(self.config.stop_strings)), jnp.int32),
-      cache=transformer.init_cache(self.model, batch, L),
-      rng=rng if rng is not None else jax.random.key(0),
+  def init_state(
+    self, batch: int, rng: jax.Array | None = None, first_row: int = 0
+  ) -> SamplingState:
+    """Empty rows (length 0, done) with a cache of `config.max_len` slots.
+
+    Row i's PRNG key is `fold_in(rng, first_row + i)`: a row numbered the same in a larger
+    batch, another chunk or another process samples the same tokens. With a mesh the
+    buffers are created in place on their shards (no whole copy on one device first).
+    """
+    rng = rng if rng is not None else jax.random.key(0)
+    n_stop = len(self.config.stop_strings)
+    return _fresh_state(
+      self.model, self.config.max_len, n_stop, batch, self.mesh, self.rules, rng, first_row
     )
+
+  def state_shardings(self, batch: int) -> SamplingState:
+    """A SamplingState of NamedShardings for `batch` rows on the sampler's mesh."""
+    if self.mesh is None:
+      raise ValueError("state_shardings needs a sampler with a mesh")
+    n_stop = len(self.config.stop_strings)
+    return state_shardings(self.model, self.config.max_len, n_stop, batch, self.mesh, self.rules)
 
   def attention_span(self, n: int) -> int:
     """Cache slots attended when no position reaches `n`: a bucket, so few programs."""
@@ -186,14 +208,18 @@ class Sampler:
     prompts: Sequence[Sequence[int]],
     rng: jax.Array | None = None,
     batch: int | None = None,
+    first_row: int = 0,
   ) -> SamplingState:
-    """A fresh state with one prompt per row (rows beyond the prompts stay empty and done)."""
+    """A fresh state with one prompt per row (rows beyond the prompts stay empty and done).
+
+    `first_row` numbers the rows for their PRNG keys (`init_state`).
+    """
     if not prompts:
       raise ValueError("prefill needs at least one prompt")
     batch = batch or len(prompts)
     if len(prompts) > batch:
       raise ValueError(f"{len(prompts)} prompts for a batch of {batch}")
-    state = self.init_state(batch, rng)
+    state = self.init_state(batch, rng, first_row)
     return self.append(params, state, list(range(len(prompts))), prompts)
 
   def truncate(
@@ -223,7 +249,7 @@ class Sampler:
     return kernels.take_rows(state, *self._row_index(rows, batch))
 
   def merge(self, state: SamplingState, sub: SamplingState, rows: Sequence[int]) -> SamplingState:
-    """`state` with `rows` set to the first rows of `sub` (from `select`), and `sub`'s rng."""
+    """`state` with `rows` set to the first rows of `sub` (from `select`), keys included."""
     rows = self._check_rows(state, rows)
     if len(rows) > sub.batch or sub.max_len != state.max_len:
       raise ValueError(
@@ -300,6 +326,51 @@ class Sampler:
     start = [len(p) for p in prompts]
     state = self.decode(params, state, max_new_tokens)
     return rows_since(state, start)
+
+
+def state_shardings(
+  model: ModelConfig, max_len: int, n_stop: int, batch: int, mesh: Mesh, rules: AxisRules
+) -> SamplingState:
+  """Where a state's buffers live: rows by the `batch` rule, the cache by `CACHE_AXES`."""
+
+  def rows(*rest: int) -> NamedSharding:
+    axes = ("batch",) + (None,) * len(rest)
+    return NamedSharding(mesh, rules.spec(axes, (batch, *rest), mesh))
+
+  kv = (batch, max_len, model.n_kv_heads, model.head_dim)
+  kv = NamedSharding(mesh, rules.spec(transformer.CACHE_AXES, kv, mesh))
+  return SamplingState(
+    tokens=rows(max_len),
+    logprobs=rows(max_len),
+    lengths=rows(),
+    turn_start=rows(),
+    done=rows(),
+    finish=rows(),
+    stop_state=rows(n_stop),
+    cache=[{"k": kv, "v": kv} for _ in range(model.n_layers)],
+    rng=rows(),
+  )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _fresh_state(model, max_len, n_stop, batch, mesh, rules, rng, first_row) -> SamplingState:
+  """Empty rows with their keys (see `Sampler.init_state`), laid out on `mesh` if given."""
+  rows = first_row + jnp.arange(batch, dtype=jnp.uint32)
+  state = SamplingState(
+    tokens=jnp.zeros((batch, max_len), jnp.int32),
+    logprobs=jnp.zeros((batch, max_len), jnp.float32),
+    lengths=jnp.zeros((batch,), jnp.int32),
+    turn_start=jnp.zeros((batch,), jnp.int32),
+    done=jnp.ones((batch,), bool),
+    finish=jnp.zeros((batch,), jnp.int32),
+    stop_state=jnp.zeros((batch, n_stop), jnp.int32),
+    cache=transformer.init_cache(model, batch, max_len),
+    rng=jax.vmap(jax.random.fold_in, (None, 0))(rng, rows),
+  )
+  if mesh is None:
+    return state
+  shardings = state_shardings(model, max_len, n_stop, batch, mesh, rules)
+  return jax.lax.with_sharding_constraint(state, shardings)
 
 
 def rows_since(state: SamplingState, start: Sequence[int]) -> list[dict]:

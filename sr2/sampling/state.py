@@ -1,8 +1,8 @@
 """Sampling configuration and the fixed-size state the sampler's kernels update.
 
 `SamplingState` is a pytree of buffers (tokens, log-probs, lengths, done flags, finish codes,
-stop automaton states, KV cache, rng); see sampler.py for the conventions that keep ragged
-rows, appends and cuts uniform.
+stop automaton states, KV cache, one PRNG key per row); see sampler.py for the conventions
+that keep ragged rows, appends and cuts uniform.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def sampling_config(cfg, where: str = "config.sampling", **overrides) -> Samplin
 
 
 # The per-row fields of a SamplingState besides the KV cache ([B, ...] arrays).
-ROW_FIELDS = ("tokens", "logprobs", "lengths", "turn_start", "done", "finish", "stop_state")
+ROW_FIELDS = ("tokens", "logprobs", "lengths", "turn_start", "done", "finish", "stop_state", "rng")
 
 
 @jax.tree_util.register_dataclass
@@ -122,7 +122,7 @@ class SamplingState:
   finish: jax.Array  # int32 [B]: one of the finish codes
   stop_state: jax.Array  # int32 [B, S]: automaton state per stop string
   cache: list
-  rng: jax.Array
+  rng: jax.Array  # key [B]: each row's own PRNG key, split at each token it samples
 
   @property
   def batch(self) -> int:
