@@ -45,6 +45,7 @@ def get_config(arg: str = "hotpotqa") -> ml_collections.ConfigDict:
       top_k=3,  # passages per search (also the rag baseline's documents)
       max_obs_tokens=500,  # cap on one observation's documents, in tokens (also rag's)
       invalid_feedback=True,  # after an invalid turn, append feedback and go on
+      batch_rows=0,  # rows per rollout call in training; 0 = a process's whole step
     )
   )
   config.retrieval = ml_collections.ConfigDict(

@@ -50,6 +50,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       top_k=3,  # passages per search
       max_obs_tokens=200,  # cap on one observation's documents, tokens
       invalid_feedback=True,  # feedback after an invalid turn
+      batch_rows=0,  # rows per rollout call in training; 0 = a process's whole step
     )
   )
   sft_steps = 4 if smoke else 1000
@@ -79,6 +80,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       probe_every=0,  # steps between the drivers' probes (Meta-Refiner runs only)
       progress=not smoke,  # progress bar on the console
       keep_warm_start=True,  # keep the SFT policy in DIR/warm_start (for --init_from)
+      trajectories_every=1 if smoke else 10,  # steps between DIR/trajectories/step_N.jsonl
+      trajectories_rows=8,  # rollouts per trajectories file (the step's first rows)
     )
   )
   c.grpo = ml_collections.ConfigDict(

@@ -53,7 +53,7 @@ def test_collect_without_refiner_scores_each_row():
     reward_fn,
     RefinerConfig(),
     rng=None,
-    np_rng=np.random.default_rng(0),
+    seed=(0,),
   )
   np.testing.assert_array_equal(got.outcome, [1.0, 0.0, 1.0])
   # Lexical process reward: each searching row's one search found the gold title -> 1;
@@ -81,7 +81,7 @@ def test_collect_refuses_a_sampler_that_does_not_stop_on_the_tags():
       make_reward_fn(RewardConfig(), task),
       RefinerConfig(),
       rng=None,
-      np_rng=np.random.default_rng(0),
+      seed=(0,),
     )
 
 

@@ -49,6 +49,8 @@ class RolloutConfig:
     top_k: passages per search.
     max_obs_tokens: cap on the documents of one observation, in tokens.
     invalid_feedback: append feedback after an invalid turn (else the row ends).
+    batch_rows: rows per rollout call when training collects a step (its KV cache and
+      buffers are this many rows, whatever B·G is); 0 = all of a process's rows at once.
   """
 
   max_turns: int = 4
@@ -56,10 +58,12 @@ class RolloutConfig:
   top_k: int = 3
   max_obs_tokens: int = 500
   invalid_feedback: bool = True
+  batch_rows: int = 0
 
   def __post_init__(self):
     names = ("max_turns", "max_turn_tokens", "top_k", "max_obs_tokens")
     check_ints(self, "rollout", names, error=ValueError)
+    check_ints(self, "rollout", ("batch_rows",), minimum=0, error=ValueError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +141,12 @@ class Trajectory:
 
 
 def _start(
-  sampler: Sampler, params, prompts: Sequence[Sequence[int]], rng, batch: int | None
+  sampler: Sampler,
+  params,
+  prompts: Sequence[Sequence[int]],
+  rng,
+  batch: int | None,
+  first_row: int = 0,
 ) -> tuple[SamplingState, list[Record]]:
   """Prefills the prompts (at a fixed `batch` size if given); returns state and records.
 
@@ -153,7 +162,7 @@ def _start(
       p = [sampler.tokenizer.pad_id or 0]
     records.append(rec)
     fitted.append(p)
-  state = sampler.prefill(params, fitted, rng, batch=batch)
+  state = sampler.prefill(params, fitted, rng, batch=batch, first_row=first_row)
   return state, records
 
 
@@ -312,15 +321,18 @@ def run(
   *,
   rng=None,
   batch: int | None = None,
+  first_row: int = 0,
 ) -> tuple[SamplingState, list[Record]]:
   """Runs the search agent on tokenised prompts until every row has finished.
 
   Returns the sampler state and one record per prompt; `finish` turns them into
   trajectories, `regenerate` cuts and continues them. `rng` samples (None: the sampler's
-  method without a key, e.g. greedy); `batch` fixes the sampler's batch size (extra rows
-  stay empty), so calls with fewer prompts reuse the same compiled programs.
+  method without a key, e.g. greedy); each row draws from its own key, `rng` folded with
+  its number `first_row + i`, so a row samples the same tokens in whatever chunk or
+  process it runs. `batch` fixes the sampler's batch size (extra rows stay empty), so
+  calls with fewer prompts reuse the same compiled programs.
   """
-  state, records = _start(agent.sampler, params, prompts, rng, batch)
+  state, records = _start(agent.sampler, params, prompts, rng, batch, first_row)
   state = continue_rollout(agent, params, state, records)
   return state, records
 

@@ -3,8 +3,13 @@
 `collect` runs the Actor on a batch of questions (each repeated G times by the caller), then
 the Meta-Refiner if enabled (agent/refiner.py), scores the final trajectories (and the
 drafts, for the drivers), and with `probe=True` runs the two counterfactual regenerations
-that rl/drivers.py needs. Host seconds are split into rollout (sampler and retrieval),
-retrieval alone, refiner (judging and regeneration; each also on its own), reward and probe.
+that rl/drivers.py needs. The rows run in chunks of `rollout.batch_rows` (one rollout call,
+KV cache and refinement each), so rollout memory is set by config rather than by B·G.
+Every row draws its tokens from its own key and every chunk its cuts from its own
+generator, numbered from `first_row`: a process given rows `first_row...` of a step
+collects exactly what a single process collects for them. Host seconds are split into
+rollout (sampler and retrieval), retrieval alone, refiner (judging and regeneration; each
+also on its own), reward and probe.
 """
 
 from __future__ import annotations
@@ -64,11 +69,74 @@ def _cut_from(choice_logprobs, n: int, rng: np.random.Generator) -> int:
   return min(int(rng.choice(len(rest), p=p / p.sum())) + 1, n)
 
 
-def _counterfactual(agent: rollout.Agent, params, snapshot, rows, steps) -> list[Trajectory]:
-  """`rollout.regenerate` on a copy of the drafts' `snapshot`: their trajectories after it."""
-  state, records = jax.tree.map(jnp.copy, snapshot[0]), copy.deepcopy(snapshot[1])
-  state = rollout.regenerate(agent, params, state, records, rows, steps)
-  return rollout.finish(state, records, agent.sampler.tokenizer)
+@dataclasses.dataclass
+class _Chunk:
+  """One rollout call's rows (step-local numbers `rows`) and what they gave."""
+
+  rows: range
+  trajectories: list[Trajectory]
+  drafts: list[Trajectory]
+  decisions: list[list[Decision]]
+  snapshot: tuple | None  # (state, records) of the drafts, kept for the probe
+  metrics: dict[str, float]
+
+
+def _run_chunk(
+  agent: rollout.Agent,
+  params,
+  prompts: Sequence[Sequence[int]],
+  texts: Sequence[str],
+  rows: range,
+  refiner: RefinerConfig,
+  *,
+  rng,
+  seed: Sequence[int],
+  first_row: int,
+  probe: bool,
+  batch: int | None,
+) -> _Chunk:
+  """The Actor's rollouts of `prompts[rows]`, then the Meta-Refiner if enabled."""
+  t0 = time.perf_counter()
+  state, records = rollout.run(
+    agent,
+    params,
+    [prompts[i] for i in rows],
+    rng=rng,
+    batch=batch,
+    first_row=first_row + rows.start,
+  )
+  m = {"rollout_s": time.perf_counter() - t0}
+  if not refiner.enabled:
+    trajs = rollout.finish(state, records, agent.sampler.tokenizer)
+    return _Chunk(rows, trajs, trajs, [[] for _ in trajs], None, m)
+  snapshot = (jax.tree.map(jnp.copy, state), copy.deepcopy(records)) if probe else None
+  t1 = time.perf_counter()
+  np_rng = np.random.default_rng([*seed, first_row + rows.start])
+  out = refine(agent, params, state, records, [texts[i] for i in rows], refiner, rng=np_rng)
+  m["refine_s"] = time.perf_counter() - t1
+  m["judge_s"], m["regenerate_s"] = out.judge_s, out.regenerate_s
+  return _Chunk(rows, out.trajectories, out.drafts, out.decisions, snapshot, m)
+
+
+def _counterfactual(
+  agent: rollout.Agent, params, chunks: Sequence[_Chunk], rows, steps
+) -> dict[int, Trajectory]:
+  """`rollout.regenerate` on copies of the drafts' snapshots: row -> its trajectory after.
+
+  Each chunk's rows regenerate within that chunk's snapshot (a copy; the snapshot stays).
+  """
+  cut = dict(zip(rows, steps, strict=True))
+  out: dict[int, Trajectory] = {}
+  for c in chunks:
+    mine = [r for r in c.rows if r in cut]
+    if not mine:
+      continue
+    state, records = jax.tree.map(jnp.copy, c.snapshot[0]), copy.deepcopy(c.snapshot[1])
+    local = [r - c.rows.start for r in mine]
+    state = rollout.regenerate(agent, params, state, records, local, [cut[r] for r in mine])
+    trajs = rollout.finish(state, records, agent.sampler.tokenizer)
+    out.update({r: trajs[i] for r, i in zip(mine, local, strict=True)})
+  return out
 
 
 def collect(
@@ -80,29 +148,42 @@ def collect(
   refiner: RefinerConfig,
   *,
   rng: jax.Array,
-  np_rng: np.random.Generator,
+  seed: Sequence[int] = (0,),
+  first_row: int = 0,
   probe: bool = False,
   batch: int | None = None,
 ) -> Collected:
-  """Runs one step's rollouts (see the module docstring)."""
+  """Runs one step's rollouts (see the module docstring).
+
+  `rng` keys the Actor's sampling and `seed` the refiner's and the probe's draws; the rows
+  are numbered from `first_row` (a process's offset in the step). `batch` pads every
+  rollout call to that many rows (default: the chunk's rows).
+  """
   retriever = TimedRetriever(task.retriever)
   agent = rollout.Agent(sampler, retriever, task.rollout)
-  t0 = time.perf_counter()
   prompts = [task.prompt_ids(q) for q in questions]
-  state, records = rollout.run(agent, params, prompts, rng=rng, batch=batch)
-  t_roll = time.perf_counter() - t0
-  m: dict[str, float] = {}
-  if refiner.enabled:
-    snapshot = (jax.tree.map(jnp.copy, state), copy.deepcopy(records)) if probe else None
-    t1 = time.perf_counter()
-    texts = [q.question for q in questions]
-    out = refine(agent, params, state, records, texts, refiner, rng=np_rng)
-    m["refine_s"] = time.perf_counter() - t1
-    m["judge_s"], m["regenerate_s"] = out.judge_s, out.regenerate_s
-    trajs, drafts, decisions = out.trajectories, out.drafts, out.decisions
-  else:
-    trajs = rollout.finish(state, records, sampler.tokenizer)
-    drafts, decisions = trajs, [[] for _ in trajs]
+  texts = [q.question for q in questions]
+  size = task.rollout.batch_rows or len(questions)
+  chunks = [
+    _run_chunk(
+      agent,
+      params,
+      prompts,
+      texts,
+      range(i, min(i + size, len(questions))),
+      refiner,
+      rng=rng,
+      seed=seed,
+      first_row=first_row,
+      probe=probe,
+      batch=batch,
+    )
+    for i in range(0, len(questions), size)
+  ]
+  trajs = [t for c in chunks for t in c.trajectories]
+  drafts = [t for c in chunks for t in c.drafts]
+  decisions = [d for c in chunks for d in c.decisions]
+  m = {k: sum(c.metrics[k] for c in chunks) for k in chunks[0].metrics}
   t2 = time.perf_counter()
   outcome, process, reward = reward_fn(questions, trajs)
   draft_reward = reward if not refiner.enabled else reward_fn(questions, drafts)[2]
@@ -120,14 +201,14 @@ def collect(
   )
   if refiner.enabled and probe and any(decisions):
     t3 = time.perf_counter()
-    m.update(_probe(agent, params, snapshot, got, reward_fn, np_rng))
+    np_rng = np.random.default_rng([*seed, first_row, 1])
+    m.update(_probe(agent, params, chunks, got, reward_fn, np_rng))
     m["probe_s"] = time.perf_counter() - t3
-  m["rollout_s"] = t_roll
   m["retrieval_s"] = retriever.seconds
   return got
 
 
-def _probe(agent, params, snapshot, got: Collected, reward_fn, np_rng) -> dict[str, float]:
+def _probe(agent, params, chunks, got: Collected, reward_fn, np_rng) -> dict[str, float]:
   """Counterfactual regenerations for the drivers (see rl/drivers.py), on judged drafts."""
   questions, decisions, drafts = got.questions, got.decisions, got.drafts
   reward, draft_reward = got.reward, got.draft_reward
@@ -138,7 +219,7 @@ def _probe(agent, params, snapshot, got: Collected, reward_fn, np_rng) -> dict[s
   j_trim = {i: float(reward[i]) for i in rows if first[i].revise}
   if accepted:
     cuts = [_cut_from(first[i].choice_logprobs, n_steps[i], np_rng) for i in accepted]
-    cf = _counterfactual(agent, params, snapshot, accepted, cuts)
+    cf = _counterfactual(agent, params, chunks, accepted, cuts)
     r_cf = reward_fn([questions[i] for i in accepted], [cf[i] for i in accepted])[2]
     j_trim.update({i: float(r) for i, r in zip(accepted, r_cf, strict=True)})
   partner = np_rng.permutation(rows)
@@ -146,7 +227,7 @@ def _probe(agent, params, snapshot, got: Collected, reward_fn, np_rng) -> dict[s
     _cut_from(first[p].choice_logprobs, n_steps[i], np_rng)
     for i, p in zip(rows, partner, strict=True)
   ]
-  rnd = _counterfactual(agent, params, snapshot, rows, cuts)
+  rnd = _counterfactual(agent, params, chunks, rows, cuts)
   r_rnd = reward_fn([questions[i] for i in rows], [rnd[i] for i in rows])[2]
   d = drivers.decomposition(
     np.asarray([not first[i].revise for i in rows]),
