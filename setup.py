@@ -34,5 +34,9 @@ setuptools.setup(
     # torch (+ accelerate for HF's GGUF loader) is a reference implementation in tests only;
     # 2.13.0 is the CPU build on this machine's disk.
     "test": ["pytest", "hypothesis", "ruff", "torch==2.13.0", "accelerate"],
+    # Accelerators: JAX's own extras (libtpu; CUDA 12 wheels). Pin them to the installed
+    # jax version if pip would otherwise move jax.
+    "tpu": ["jax[tpu]>=0.10.2"],
+    "cuda12": ["jax[cuda12]>=0.10.2"],
   },
 )

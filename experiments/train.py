@@ -1,10 +1,16 @@
-"""Train: `python experiments/train.py --config configs/tiny_world.py --workdir DIR`."""
+"""Train: `python experiments/train.py --config configs/tiny_world.py --workdir DIR`.
+
+Several processes (one per host, or per group of fake CPU devices) run it alike with
+`--coordinator_address --num_processes --process_id` (sr2/parallel/cli.py); on a Cloud TPU
+VM slice JAX finds the workers without them.
+"""
 
 import json
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from sr2.parallel import cli, hosts
 from sr2.train.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -18,7 +24,10 @@ _INIT_FROM = flags.DEFINE_string(
 
 def main(argv):
   del argv
-  print(json.dumps(train_and_evaluate(_CONFIG.value, _WORKDIR.value, _INIT_FROM.value), indent=1))
+  cli.initialize_from_flags()
+  summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value, _INIT_FROM.value)
+  if hosts.is_writer():
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def refiner_benchmark(argv: list[str]) -> None:
     for name, s in arms.items():
       start = time.perf_counter()
       with CompileClock() as clock:
-        state[name], row = loop.grpo_step(s, fns[name], state[name])
+        state[name], row, _ = loop.grpo_step(s, fns[name], state[name])
         jax.block_until_ready(state[name].params)
       if step > args.warmup:
         times[name].append(time.perf_counter() - start)

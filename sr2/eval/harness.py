@@ -33,6 +33,7 @@ from sr2.agent.rollout import RolloutConfig
 from sr2.configlib import ConfigError, check_ints, check_keys, from_config
 from sr2.data.examples import dataset_file, read_qa_jsonl
 from sr2.eval import methods as methods_lib
+from sr2.parallel import hosts
 from sr2.retrieval import BM25Config, BM25Index, pool_multihop_paragraphs, read_jsonl_corpus
 from sr2.rewards.qa import exact_match, f1
 from sr2.sampling import Sampler, SamplingConfig, sampling_config
@@ -231,9 +232,12 @@ def evaluate(
     retriever = None
     if any(m in methods_lib.RETRIEVAL_METHODS for m in cfg.methods):
       retriever = _index(ds, cfg, indices)
+    # With several processes each runs every P-th batch; the records are gathered after.
+    starts = list(range(0, len(examples), cfg.batch_size))
+    mine = starts[jax.process_index() :: jax.process_count()]
     for method in cfg.methods:
-      start, records = time.perf_counter(), []
-      for b in range(0, len(examples), cfg.batch_size):
+      start, records, by_batch = time.perf_counter(), [], []
+      for b in mine:
         batch = examples[b : b + cfg.batch_size]
         kwargs = dict(retriever=retriever, rollout=cfg.rollout, batch_size=cfg.batch_size)
         key = jax.random.fold_in(rng, b)
@@ -251,6 +255,7 @@ def evaluate(
             **kwargs,
           )
         records += [_score(ex, rec) for ex, rec in zip(batch, out, strict=True)]
+        by_batch.append([b, records[-len(batch) :]])
         logging.info(
           "%s %s: %d/%d questions, %.1fs",
           ds.name,
@@ -259,6 +264,11 @@ def evaluate(
           len(examples),
           time.perf_counter() - start,
         )
+      if jax.process_count() > 1:
+        gathered = sorted(
+          (p for part in hosts.gather_json(by_batch) for p in part), key=lambda p: p[0]
+        )
+        records = [r for _, batch_records in gathered for r in batch_records]
       rows.append(summarize(ds.name, method, records, time.perf_counter() - start))
       trajectories[(ds.name, method)] = records
   return EvalResult(rows, trajectories)

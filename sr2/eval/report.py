@@ -18,6 +18,7 @@ from typing import Any
 from sr2 import models
 from sr2.configlib import ConfigError, as_dict, is_int_at_least
 from sr2.eval.harness import EvalResult, eval_config, evaluate, resolve_datasets
+from sr2.parallel import hosts
 
 _COLUMNS = (
   ("dataset", "dataset", "{}"),
@@ -110,6 +111,8 @@ def run_evaluation(
   result = evaluate(model, cfg, make_sampler)
   resolved = _jsonable(config)
   resolved["eval"]["limit"] = cfg.limit
+  if not hosts.is_writer():  # every process has every record; process 0 writes them
+    return result
   write_results(
     result,
     workdir,

@@ -85,6 +85,7 @@ def assemble_batch(
   pad_id: int,
   buckets: Sequence[int] = BATCH_BUCKETS,
   decision_weight: float = 1.0,
+  length: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """The host batch of one update (`policy_batch` layout) and its composition.
 
@@ -96,6 +97,8 @@ def assemble_batch(
     pad_id: the padding token.
     buckets: the token length is the smallest bucket holding the longest row.
     decision_weight: multiplies the decisions' advantages (refiner.decision_weight).
+    length: the token length instead of the bucket (processes that assemble their own rows
+      of one batch agree on the longest of their buckets).
   """
   samples = [
     (t.prompt_ids, t.response_ids, t.loss_mask, t.logprobs, float(a))
@@ -108,7 +111,7 @@ def assemble_batch(
   n_real = len(samples)
   samples += [([pad_id], [], [], [], 0.0)] * (rows - n_real)
   longest = max(len(p) + len(r) for p, r, *_ in samples)
-  length = bucket(longest, buckets)
+  length = length or bucket(longest, buckets)
   prompts, responses, masks, logps, adv = zip(*samples, strict=True)
   batch = policy_batch(prompts, responses, masks, logps, np.asarray(adv), pad_id, length)
   info = {

@@ -10,7 +10,7 @@ name the known step.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -55,13 +55,20 @@ def evaluate_policy(
   batch_size: int,
   max_len: int,
   refiner: RefinerConfig | None = None,
+  share: range | None = None,
+  gather: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float]:
-  """Greedy rollouts: EM overall and per hop count, searches, turns (and revision rate)."""
+  """Greedy rollouts: EM overall and per hop count, searches, turns (and revision rate).
+
+  With several processes each rolls out its `share` of `questions` and `gather` brings
+  every process's per-question results together (sr2/parallel/hosts.py).
+  """
   sampler = Sampler(task.model, task.tokenizer, SamplingConfig(max_len=max_len))
   agent = rollout.Agent(sampler, task.retriever, task.rollout)
+  mine = [questions[i] for i in (share if share is not None else range(len(questions)))]
   trajs, revised = [], []
-  for i in range(0, len(questions), batch_size):
-    chunk = questions[i : i + batch_size]
+  for i in range(0, len(mine), batch_size):
+    chunk = mine[i : i + batch_size]
     prompts = [task.prompt_ids(q) for q in chunk]
     state, records = rollout.run(agent, params, prompts, batch=batch_size)
     if refiner is not None:
@@ -70,13 +77,22 @@ def evaluate_policy(
       revised += out.revised.tolist()
     else:
       trajs += rollout.finish(state, records, task.tokenizer)
-  em = np.asarray([exact_match(t.answer, q.golds) for t, q in zip(trajs, questions, strict=True)])
+  rows = np.asarray(
+    [
+      (exact_match(t.answer, q.golds), t.num_searches, t.num_turns)
+      for t, q in zip(trajs, mine, strict=True)
+    ],
+    np.float64,
+  ).reshape(-1, 3)
+  if gather is not None:
+    rows, revised = gather(rows), gather(np.asarray(revised, bool)).tolist()
+  em = rows[:, 0]
   hops = np.asarray([q.hops for q in questions])
   out = {
     "em": float(em.mean()),
     "n": len(questions),
-    "searches": float(np.mean([t.num_searches for t in trajs])),
-    "turns": float(np.mean([t.num_turns for t in trajs])),
+    "searches": float(rows[:, 1].mean()),
+    "turns": float(rows[:, 2].mean()),
   }
   out.update({f"em_{h}hop": float(em[hops == h].mean()) for h in sorted(set(hops.tolist())) if h})
   if refiner is not None:

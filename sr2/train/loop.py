@@ -16,8 +16,10 @@
      `DIR/tensorboard` and `DIR/curves.png`.
 
 Checkpoints are written by Orbax in the background while the next step's rollouts run.
-JAX dispatches device work asynchronously, so within a step the reference log-probs are
-queued as soon as the batch's tokens exist and computed while the host shards the batch.
+
+With several processes (`jax.distributed`; sr2/parallel/hosts.py) each process collects its
+share of a step's prompts on its own devices and the update runs on all of them; only
+process 0 writes metrics, the summary and the curves.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ import numpy as np
 
 from sr2 import checkpoint
 from sr2.configlib import ConfigError
+from sr2.parallel import hosts
 from sr2.rl import batch as batch_lib
 from sr2.rl import grpo, update
 from sr2.sampling import Sampler, SamplingConfig, Temperature
-from sr2.train import sft
+from sr2.train import samples, sft
 from sr2.train.collect import collect
 from sr2.train.evaluation import evaluate_policy, trimmer_accuracy
-from sr2.train.metrics import MetricWriter, plot_curves
+from sr2.train.metrics import MetricWriter, NullWriter, plot_curves
 from sr2.train.rewards import make_reward_fn
 from sr2.train.setup import Setup, batch_rows, setup
 from sr2.train.state import TrainState, fresh_state
@@ -56,12 +59,14 @@ WARM_START = "warm_start"
 class StepFns:
   """What every GRPO step of a run calls, built once (`step_fns`)."""
 
-  sampler: Sampler  # the rollout sampler (temperature `rl.temperature`, raw log-probs)
+  sampler: Sampler  # rollouts: temperature `rl.temperature`, raw log-probs, rows over devices
   update: Callable  # the jitted, sharded update (`update.make_update`)
+  reference: Callable  # the jitted, sharded reference log-probs (`update.make_reference`)
   reward_fn: Callable  # (questions, trajectories) -> (outcome, process, total)
   train_questions: list[Question]
   order: np.ndarray  # a fixed shuffle of the training questions, cycled
-  rows: int  # rows of every update (`setup.batch_rows`)
+  rows: int  # rows of every update (`setup.batch_rows`), all processes together
+  share: range  # this process's rows of each step's B x G (all of them with one process)
 
 
 def step_fns(s: Setup) -> StepFns:
@@ -70,13 +75,18 @@ def step_fns(s: Setup) -> StepFns:
     max_len=s.rl.max_len, method=Temperature(s.rl.temperature), logprobs="raw"
   )
   train_questions = task.split("train")
+  prompts = hosts.share(s.rl.prompts_per_step, "rl.prompts_per_step")  # whole groups
   return StepFns(
-    sampler=Sampler(task.model, task.tokenizer, sampling),
+    sampler=Sampler(task.model, task.tokenizer, sampling, mesh=s.local_mesh),
     update=update.make_update(task.model, s.grpo, s.opt, s.shardings),
+    reference=update.make_reference(
+      task.model, s.shardings, s.grpo.logprob_chunk or None, s.grpo.micro_batch_rows or None
+    ),
     reward_fn=make_reward_fn(s.reward, task),
     train_questions=train_questions,
     order=np.random.default_rng(s.seed).permutation(len(train_questions)),
     rows=batch_rows(s.rl, s.grpo, s.refiner),
+    share=range(prompts.start * s.grpo.group_size, prompts.stop * s.grpo.group_size),
   )
 
 
@@ -87,90 +97,127 @@ def step_questions(s: Setup, fns: StepFns, step: int) -> list[Question]:
   return [qs[fns.order[((step - 1) * b + i) % n]] for i in range(b) for _ in range(g)]
 
 
-def grpo_step(s: Setup, fns: StepFns, state: TrainState) -> tuple[TrainState, dict]:
-  """GRPO step `state.step + 1`: the new state (params donated) and its metrics row."""
+def grpo_step(s: Setup, fns: StepFns, state: TrainState) -> tuple[TrainState, dict, list]:
+  """GRPO step `state.step + 1`: the new state (params donated), its metrics row, and on
+  steps `rl.trajectories_every` divides its first `rl.trajectories_rows` rollouts
+  (`samples.step_rows`; every process's, on every process), else []."""
   task, step = s.task, state.step + 1
   t0 = time.perf_counter()
   rng, key, shuffle = jax.random.split(state.rng, 3)
 
-  # Collect: B x G rollouts, the Meta-Refiner's cuts and regenerations, the rewards,
-  # and every `rl.probe_every` steps the drivers' counterfactual regenerations.
-  questions = step_questions(s, fns, step)
+  # Collect: this process's rows of the B x G rollouts, the Meta-Refiner's cuts and
+  # regenerations, the rewards, and every `rl.probe_every` steps the drivers' probes.
+  questions = step_questions(s, fns, step)[fns.share.start : fns.share.stop]
   probe = bool(s.rl.probe_every) and step % s.rl.probe_every == 0
   got = collect(
     task,
     fns.sampler,
-    state.params,
+    hosts.local_params(state.params, s.local_mesh),
     questions,
     fns.reward_fn,
     s.refiner,
-    rng=key,
-    np_rng=np.random.default_rng([s.seed, step]),
+    rng=hosts.local_key(key),
+    seed=(s.seed, step),
+    first_row=fns.share.start,
     probe=probe,
   )
 
-  # Advantages: rewards normalised within each group of G.
+  # Advantages: rewards normalised within each group of G (a process holds whole groups).
   adv, adv_metrics = grpo.group_advantages(
     jnp.asarray(got.reward), s.grpo.group_size, scale_by_std=s.grpo.scale_by_std, eps=s.grpo.adv_eps
   )
   adv = np.asarray(adv)
 
-  # Batch: the trajectories, plus the refiner's decision rows under joint optimisation.
+  # Batch: the trajectories, plus the refiner's decision rows under joint optimisation;
+  # every process's rows, one token length, as global arrays; the reference log-probs.
   decisions = got.decisions if s.refiner.enabled and s.refiner.joint else None
-  batch, batch_info = batch_lib.assemble_batch(
+  assemble = lambda length=None: batch_lib.assemble_batch(
     got.trajectories,
     adv,
     decisions,
-    rows=fns.rows,
+    rows=fns.rows // jax.process_count(),
     pad_id=task.tokenizer.pad_id,
     decision_weight=s.refiner.decision_weight,
+    length=length,
   )
-  batch["ref_logp"] = update.reference_logprobs(
-    task.model, state.ref_params, batch["tokens"], s.grpo.logprob_chunk or None
-  )
+  batch, batch_info = assemble()
+  length = int(hosts.gather(np.asarray([batch_info["batch_len"]])).max())
+  if length != batch_info["batch_len"]:
+    batch, batch_info = assemble(length)
+  batch = hosts.global_batch(batch, s.shardings.batch)
+  batch["ref_logp"] = fns.reference(state.ref_params, batch["tokens"])
 
   # Update: PPO epochs x mini-batches in one jitted program; params are donated.
   t_update = time.perf_counter()
-  params, opt_state, m = fns.update(
-    state.params, state.opt_state, update.put_batch(batch, s.shardings), shuffle
-  )
-  m = jax.device_get(m)
+  params, opt_state, m = fns.update(state.params, state.opt_state, batch, shuffle)
+  m = {k: float(hosts.to_host(v)) for k, v in m.items()}
   if m["nonfinite"] and s.grpo.nonfinite == "stop":
     raise FloatingPointError(
       f"GRPO step {step}: {int(m['nonfinite'])} update(s) had a NaN/Inf loss or gradient "
       "(grpo.nonfinite='stop'; 'skip' would skip them and go on)"
     )
 
-  # Metrics: the step's rollouts, the update, the batch, the collection's timings.
+  # Metrics: the step's rollouts (every process's rows), the update, the batch, timings.
   trajs = got.trajectories
-  row = {
-    "reward": float(got.reward.mean()),
-    "em": float(got.outcome.mean()),
-    "process": float(got.process.mean()),
-    "searches": float(np.mean([t.num_searches for t in trajs])),
-    "turns": float(np.mean([t.num_turns for t in trajs])),
-    "invalid_turns": float(np.mean([t.invalid_turns for t in trajs])),
-    "response_tokens": float(np.mean([sum(t.loss_mask) for t in trajs])),
-    **{k: float(v) for k, v in {**m, **adv_metrics}.items()},
-    **batch_info,
-    **got.metrics,
-    "update_s": time.perf_counter() - t_update,
-    "step_s": time.perf_counter() - t0,
-  }
-  row["tokens_per_s"] = sum(len(t.response_ids) for t in trajs) / row["step_s"]
+  per_row = hosts.gather(
+    np.asarray(
+      [
+        (
+          got.reward[i],
+          got.outcome[i],
+          got.process[i],
+          t.num_searches,
+          t.num_turns,
+          t.invalid_turns,
+          sum(t.loss_mask),
+          len(t.response_ids),
+        )
+        for i, t in enumerate(trajs)
+      ],
+      np.float64,
+    )
+  )
+  means = per_row.mean(axis=0)
+  names = ("reward", "em", "process", "searches", "turns", "invalid_turns", "response_tokens")
+  row = {name: float(v) for name, v in zip(names, means, strict=False)}
+  host_metrics = {**batch_info, **got.metrics, **{k: float(v) for k, v in adv_metrics.items()}}
+  if jax.process_count() > 1:
+    sums = ("batch_rows", "decision_rows", "refiner/decisions")
+    host_metrics = hosts.merge_metrics(hosts.gather_json(host_metrics), sums)
+  row.update(
+    {
+      **m,
+      **host_metrics,
+      "update_s": time.perf_counter() - t_update,
+      "step_s": time.perf_counter() - t0,
+    }
+  )
+  row["tokens_per_s"] = float(per_row[:, 7].sum()) / row["step_s"]
+  kept = []
+  if s.rl.trajectories_every and step % s.rl.trajectories_every == 0:
+    mine = samples.step_rows(got, step, fns.share.start, s.rl.trajectories_rows)
+    kept = [r for rows in hosts.gather_json(mine) for r in rows]
   new = dataclasses.replace(state, params=params, opt_state=opt_state, step=step, rng=rng)
-  return new, row
+  return new, row, kept
 
 
 # --------------------------------------------------------------------------- the phases
 
 
 def _evaluate(s: Setup, params, split: str, limit: int) -> dict:
+  """Greedy evaluation of `params` (global) on `split`; each process runs its share."""
   qs = s.task.split(split)
   qs = qs[:limit] if limit else qs
   refiner = s.refiner if s.eval.use_refiner else None
   return evaluate_policy(
-    s.task, params, qs, batch_size=s.eval.batch_size, max_len=s.rl.max_len, refiner=refiner
+    s.task,
+    hosts.local_params(params, s.local_mesh),
+    qs,
+    batch_size=s.eval.batch_size,
+    max_len=s.rl.max_len,
+    refiner=refiner,
+    share=hosts.uneven_share(len(qs)),
+    gather=hosts.gather,
   )
 
 
@@ -180,11 +227,15 @@ def _judges(s: Setup) -> bool:
 
 
 def _warm_start(s: Setup, state: TrainState, writer: MetricWriter) -> TrainState:
-  """SFT (world), or the loaded checkpoint's params (QA), as the starting policy."""
+  """SFT (world), or the loaded checkpoint's params (QA), as the starting policy.
+
+  With several processes each runs the same SFT on its own devices (same data, same
+  seed), and the result is placed on the global mesh.
+  """
   if s.task.sft_examples and s.sft.steps:
     params, _ = sft.run_sft(
       s.task.model,
-      state.params,
+      hosts.local_params(state.params, s.local_mesh),
       s.sft_opt,
       s.task.sft_examples,
       steps=s.sft.steps,
@@ -193,11 +244,11 @@ def _warm_start(s: Setup, state: TrainState, writer: MetricWriter) -> TrainState
       seed=s.seed,
       log=lambda i, m: writer.write("sft", i, m) if i % 10 == 0 else None,
     )
+    params = hosts.to_global(params, s.shardings.params)
   elif s.task.sft_examples:
     params = state.params
   else:
-    params = s.task.init_params(s.seed)
-  params = jax.device_put(params, s.shardings.params)
+    params = hosts.to_global(s.task.init_params(s.seed), s.shardings.params)
   return dataclasses.replace(
     state,
     params=params,
@@ -251,27 +302,35 @@ def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> di
   `init_from`: a workdir whose kept warm start (`rl.keep_warm_start`) replaces this run's
   own SFT, for runs that must share a starting policy; ignored when resuming.
   """
-  # ---- Setup: config, task, checkpoints, metric files.
+  # ---- Setup: config, task, checkpoints, metric files (process 0 writes files).
   s = setup(config)
   task, rl = s.task, s.rl
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  writes = hosts.is_writer()
   start = time.perf_counter()
-  task.tokenizer.save(workdir / "tokenizer")
+  if writes:
+    workdir.mkdir(parents=True, exist_ok=True)
+    task.tokenizer.save(workdir / "tokenizer")
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=2)
   template = fresh_state(s)
   resumed = ckpt.latest_step() is not None
   state = TrainState.from_dict(ckpt.restore(like=template.as_dict())) if resumed else template
   metrics_path, summary_path = workdir / "metrics.jsonl", workdir / "summary.json"
-  if resumed:
+  summary = json.loads(summary_path.read_text()) if resumed and summary_path.exists() else {}
+  if writes and resumed:
     _drop_rows_after(metrics_path, state.step)
-  else:  # what a run killed before its first checkpoint left is redone from scratch
+  elif writes:  # what a run killed before its first checkpoint left is redone from scratch
     metrics_path.unlink(missing_ok=True)
     summary_path.unlink(missing_ok=True)
-  summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-  write_summary = lambda: summary_path.write_text(json.dumps(summary, indent=1))
-  writer = MetricWriter(
-    workdir, progress_total=rl.steps if rl.progress else None, progress_desc="GRPO"
+
+  def write_summary():
+    if writes:
+      summary_path.write_text(json.dumps(summary, indent=1))
+
+  writer = (
+    MetricWriter(workdir, progress_total=rl.steps if rl.progress else None, progress_desc="GRPO")
+    if writes
+    else NullWriter()
   )
 
   # ---- Warm start: another run's (--init_from), or SFT, then the evaluation before RL.
@@ -295,20 +354,25 @@ def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> di
         keep.save(0, state.as_dict(), metrics=before, force=True)
   if _judges(s) and state.step == 0 and "trimmer_before_rl" not in summary:
     # The starting policy's gate and Trimmer (evaluated every `eval.every` steps after).
-    summary["trimmer_before_rl"] = trimmer_accuracy(task, state.params, task.judge_cases, s.refiner)
+    summary["trimmer_before_rl"] = trimmer_accuracy(
+      task, hosts.local_params(state.params, s.local_mesh), task.judge_cases, s.refiner
+    )
     write_summary()
 
   # ---- GRPO: step, dev evaluation, metrics, checkpoint.
   fns = step_fns(s)
   writer.skip_to(state.step)
   while state.step < rl.steps:
-    state, row = grpo_step(s, fns, state)
+    state, row, kept = grpo_step(s, fns, state)
     step = state.step
+    if kept and writes:
+      samples.write_step(workdir, step, kept)
     if s.eval.every and step % s.eval.every == 0:
       dev = _evaluate(s, state.params, "dev", s.eval.dev_limit)
       row.update({f"dev/{k}": v for k, v in dev.items()})
       if _judges(s):
-        acc = trimmer_accuracy(task, state.params, task.judge_cases, s.refiner)
+        local = hosts.local_params(state.params, s.local_mesh)
+        acc = trimmer_accuracy(task, local, task.judge_cases, s.refiner)
         row.update({f"trimmer/{k}": v for k, v in acc.items()})
     if step % rl.log_every == 0 or step == rl.steps:
       writer.write("rl", step, row)
@@ -326,6 +390,7 @@ def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> di
   )
   write_summary()
   writer.close()
-  plot_curves(metrics_path, workdir / "curves.png")
+  if writes:
+    plot_curves(metrics_path, workdir / "curves.png")
   ckpt.close()
   return summary

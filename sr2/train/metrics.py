@@ -320,3 +320,16 @@ def plot_curves(
   fig = curves_figure(rows_or_path, keys)
   fig.savefig(png_path, dpi=90)
   return [ax.get_title() for ax in fig.axes]
+
+
+class NullWriter:
+  """A `MetricWriter` that writes nothing: what every process but process 0 gets."""
+
+  def write(self, phase: str, step: int, metrics: Mapping[str, Any]) -> None:
+    del phase, step, metrics
+
+  def skip_to(self, step: int) -> None:
+    del step
+
+  def close(self) -> None:
+    pass

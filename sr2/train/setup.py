@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jax.sharding import Mesh
+
 from sr2.agent.refiner import RefinerConfig
 from sr2.configlib import ConfigError, check_ints, check_keys, from_config
-from sr2.parallel import MeshConfig, make_mesh
+from sr2.parallel import MeshConfig, hosts, make_mesh
 from sr2.rl import grpo, update
 from sr2.rl.optim import OptConfig, make_optimizer
 from sr2.train.evaluation import TrainEvalConfig
@@ -39,6 +41,9 @@ class RLConfig:
     progress: show a progress bar on the console.
     keep_warm_start: also keep the starting policy (after SFT) in `workdir/warm_start`, so
       other runs can start from it (`--init_from`), e.g. the arms of an ablation.
+    trajectories_every: steps between samples of the rollouts written to
+      `workdir/trajectories/step_N.jsonl` (train/samples.py); 0 = never.
+    trajectories_rows: rollouts in each sample (the step's first rows).
   """
 
   steps: int = 100
@@ -50,11 +55,14 @@ class RLConfig:
   probe_every: int = 0
   progress: bool = True
   keep_warm_start: bool = False
+  trajectories_every: int = 0
+  trajectories_rows: int = 8
 
   def __post_init__(self):
     names = ("steps", "prompts_per_step", "max_len", "checkpoint_every", "log_every")
     check_ints(self, "rl", names, error=ValueError)
-    check_ints(self, "rl", ("probe_every",), minimum=0, error=ValueError)
+    check_ints(self, "rl", ("probe_every", "trajectories_every"), minimum=0, error=ValueError)
+    check_ints(self, "rl", ("trajectories_rows",), error=ValueError)
     if not self.temperature > 0:
       raise ValueError(f"rl.temperature={self.temperature}; expected > 0")
 
@@ -69,7 +77,11 @@ class SFTConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-  """A checked config's typed groups, with the task, the shardings and the seed."""
+  """A checked config's typed groups, with the task, the shardings and the seed.
+
+  `mesh` spans every process's devices (the update's); `local_mesh` is this process's part
+  of it (its rollouts and evaluations; the same mesh with one process).
+  """
 
   task: Task
   rl: RLConfig
@@ -82,6 +94,8 @@ class Setup:
   sft_opt: Any
   shardings: Any
   seed: int
+  mesh: Mesh
+  local_mesh: Mesh
 
 
 def check_config(config) -> dict[str, Any]:
@@ -115,11 +129,22 @@ def check_config(config) -> dict[str, Any]:
 def setup(config) -> Setup:
   """Typed config groups, the mesh's shardings and the task."""
   typed = check_config(config)
-  mesh = make_mesh(typed.pop("mesh"))
+  try:
+    mesh = make_mesh(typed.pop("mesh"))
+    hosts.share(typed["rl"].prompts_per_step, "rl.prompts_per_step")
+  except ValueError as e:
+    raise ConfigError(f"config.mesh / processes: {e}") from None
   task = build_task(config)
   rows = batch_rows(typed["rl"], typed["grpo"], typed["refiner"])
   shardings = update.make_shardings(task.model, typed["opt"], mesh, batch_rows=rows)
-  return Setup(task=task, shardings=shardings, seed=int(config.get("seed", 0)), **typed)
+  return Setup(
+    task=task,
+    shardings=shardings,
+    seed=int(config.get("seed", 0)),
+    mesh=mesh,
+    local_mesh=hosts.local_mesh(mesh),
+    **typed,
+  )
 
 
 def batch_rows(rl: RLConfig, g: grpo.GRPOConfig, refiner: RefinerConfig) -> int:

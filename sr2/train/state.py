@@ -11,7 +11,9 @@ import dataclasses
 from typing import Any
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec
 
+from sr2.parallel import hosts
 from sr2.rl import update
 from sr2.train.setup import Setup
 
@@ -29,7 +31,8 @@ class TrainState:
       `params`).
     opt_state: the optimizer's state, sharded like the params.
     step: GRPO steps done (0 before the first).
-    rng: the PRNG key the next step splits.
+    rng: the PRNG key the next step splits (replicated over the mesh: with several
+      processes a global array, which every process saves and restores alike).
     data_state: small JSON-able dict; `phase` is one of PHASES. The data position is
       `step` itself (step k reads a fixed shuffle of the training questions at k).
   """
@@ -57,7 +60,7 @@ class TrainState:
 
 def fresh_state(s: Setup) -> TrainState:
   """A newly initialised state: the shapes and shardings a checkpoint restores into."""
-  rng = jax.random.key(s.seed)
+  rng = hosts.to_global(jax.random.key(s.seed), NamedSharding(s.mesh, PartitionSpec()))
   params, opt_state = update.init_sharded(s.task.model, s.opt, s.shardings, rng)
   return TrainState(
     params=params,
