@@ -89,6 +89,8 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
   c.rollout.top_k = 3
   c.rollout.max_turn_tokens = 500 if paper else 128
   c.rollout.max_obs_tokens = 500
+  # Rows per rollout call on each host (KV cache: 64 rows x 15,000 slots, a quarter per chip).
+  c.rollout.batch_rows = 64 if paper else 0
   c.rl.steps = 300 if paper else 50
   c.rl.prompts_per_step = 512 if paper else 4
   c.rl.max_len = 15000 if paper else 2560  # paper: context cap 15,000 tokens

@@ -17,6 +17,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sr2 import aot
+from sr2.configlib import ConfigError
+from sr2.parallel.topology import parse_topology
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string(
@@ -33,6 +35,14 @@ _PREFILL_TOKENS = flags.DEFINE_integer(
 )
 
 
+_PROJECTION = flags.DEFINE_bool(
+  "projection",
+  False,
+  "Also print a roofline projection of a step's seconds, Search-R1 and Search-R2 "
+  "(sr2/aot/roofline.py; needs extend, decode and the refiner's judgement compiled).",
+)
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -45,6 +55,16 @@ def main(argv):
   ):
     print(json.dumps(record), flush=True)
     records.append(record)
+  if _PROJECTION.value:
+    plan = aot.make_plan(config, _ROLLOUT_ROWS.value, _PREFILL_TOKENS.value)
+    topo = parse_topology(topology)
+    by_name = {r["program"]: r for r in records}
+    try:
+      backbone = aot.preset_name(config.model.source)
+    except (ConfigError, AttributeError):  # the world's model is not a preset
+      backbone = None
+    projected = aot.project(plan, topo, by_name, hosts=records[0]["hosts"], backbone=backbone)
+    print(json.dumps(projected), flush=True)
   bad = [r for r in records if not r["fits"]]
   if bad:
     why = ", ".join(

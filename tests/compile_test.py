@@ -1,6 +1,7 @@
 """Ahead-of-time compilation for TPU slices (sr2/aot, sr2/parallel/topology.py,
 experiments/compile.py): slice names everywhere; compiles only where libtpu is installed."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -119,7 +120,9 @@ def test_smoke_programs_fit_a_small_slice(smoke_records):
   # Donated params / optimizer state / sampling state come back in place.
   for name in ("update", "extend", "decode", "truncate", "score_after"):
     assert by_name[name]["alias_bytes"] > 0, name
-  assert by_name["decode"]["has_loops"] and not by_name["reference_logprobs"]["has_loops"]
+  assert by_name["decode"]["has_loops"]
+  # The smoke's 8 update rows score in 2 passes of grpo.micro_batch_rows=4.
+  assert by_name["reference_logprobs"]["has_loops"]
 
 
 def test_oversized_program_does_not_fit():
@@ -152,3 +155,57 @@ def test_cli_names_what_does_not_fit():
 def test_cli_needs_a_topology():
   proc = _run_cli("--config", "configs/tiny_world.py:smoke")
   assert proc.returncode != 0 and "--topology" in proc.stderr
+
+
+# --------------------------------------------------------------------------- roofline (no libtpu)
+
+
+def test_model_flops_by_hand():
+  from sr2.aot import roofline
+
+  tiny = aot.model_config(_config("tiny_world.py", "smoke"))
+  d, h, k, dh, f, L, v = (
+    tiny.d_model,
+    tiny.n_heads,
+    tiny.n_kv_heads,
+    tiny.head_dim,
+    tiny.d_ff,
+    tiny.n_layers,
+    tiny.vocab_size,
+  )
+  weights = L * (2 * d * h * dh + 2 * d * k * dh + 3 * d * f) + d * v
+  assert roofline.matmul_params(tiny) == weights
+  forward = 2 * weights + 4 * L * h * dh * 100 / 2  # 100 tokens: 50 keys on average
+  assert roofline.model_flops_per_token(tiny, 100, train=False) == forward
+  full = dataclasses.replace(tiny, remat="full")
+  assert roofline.model_flops_per_token(full, 100, train=True) == 4 * forward
+  assert roofline.model_flops_per_token(tiny, 100, train=True) == 3 * forward
+
+
+def test_projection_adds_up_by_hand():
+  from sr2.aot import roofline
+
+  config = _config("search_r2.py", "tiny_world,search_r2")
+  plan = aot.make_plan(config, rollout_rows=4)
+  topo = topology.parse_topology("v5p:2x2x2")  # 8 chips, 2 hosts
+  records = {
+    "extend": {"roofline_s": 0.01},
+    "decode": {"roofline_s": 0.001},
+    "judge": {"roofline_s": 0.5, "shape": {"rows": 2}},
+  }
+  out = roofline.project(plan, topo, records, hosts=2, regenerated_turns=0.5)
+  rows = plan.rl.prompts_per_step * plan.grpo.group_size
+  chunks = -(-rows // 2 // 4)
+  turn = plan.rollout.max_turn_tokens * 0.001 + 0.01
+  assert out["chunks_per_host"] == chunks
+  assert out["search_r1"]["rollout_s"] == round(chunks * plan.rollout.max_turns * turn, 4)
+  assert out["search_r2"]["judge_s"] == round(-(-rows // 2 // 2) * 0.5, 4)
+  assert out["search_r2"]["regenerate_s"] == round(0.5 * out["search_r1"]["rollout_s"], 4)
+  peak = topo.generation.peak_flops * 8
+  per_token = roofline.model_flops_per_token(plan.model, plan.rl.max_len, train=True)
+  update = plan.grpo.ppo_epochs * rows * plan.rl.max_len * per_token / peak
+  assert out["search_r1"]["update_s"] == round(update, 4)
+  # Joint optimisation: the decision rows join the update (B·G x (1 + N_max) rows).
+  assert plan.update_rows == rows * 2
+  assert out["search_r2"]["update_s"] == round(2 * update, 4)
+  assert out["overhead"] > 0 and out["projection"] is True

@@ -260,3 +260,17 @@ def test_micro_batch_gradients_of_bfloat16_params_are_summed_in_float32():
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_one), strict=True):
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     assert np.abs(a - b).max() <= 0.05 * np.abs(b).max() + 1e-6
+
+
+def test_reference_in_micro_passes_equals_one_pass():
+  """Strided passes of 2 rows (rows k, k + 4) score each row as one pass does."""
+  model, _, _, batch = _setup()
+  params = models.init_params(model, jax.random.key(0))
+  tokens = jnp.asarray(batch["tokens"])
+  want = np.asarray(update.reference_logprobs(model, params, tokens))
+  got = np.asarray(update.reference_logprobs(model, params, tokens, None, 2))
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  chunked = np.asarray(update.reference_logprobs(model, params, tokens, 5, 4))
+  np.testing.assert_allclose(chunked, want, atol=1e-6)
+  with pytest.raises(ValueError, match="do not split into reference passes of 3 rows"):
+    update.reference_logprobs(model, params, tokens, None, 3)

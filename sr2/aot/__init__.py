@@ -2,6 +2,7 @@
 
 plan.py      what a config's step compiles: the model (no weights), sizes, mesh
 programs.py  lowering and compiling each program; XLA's per-chip memory and FLOPs
+roofline.py  a projection of a step's seconds from the compiled programs and the chip's peaks
 """
 
 from sr2.aot.plan import (
@@ -14,6 +15,7 @@ from sr2.aot.plan import (
   preset_name,
 )
 from sr2.aot.programs import compile_program, compile_programs, gib, not_fitting
+from sr2.aot.roofline import project
 
 __all__ = [
   "DEFAULT_PREFILL_TOKENS",
@@ -27,4 +29,5 @@ __all__ = [
   "model_config",
   "not_fitting",
   "preset_name",
+  "project",
 ]

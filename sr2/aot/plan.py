@@ -21,12 +21,12 @@ The programs (`PROGRAMS`), at the shapes a step runs them:
                       `refiner.judge_rows` prompts a pass (all B*G when 0) of
                       `refiner.max_prompt_tokens` tokens (bucketed) and max_turns + 1 choices.
 
-The rollout programs run on `rollout_rows` rows, sharded over the mesh's data x fsdp
-axes like the batch, their KV cache [rows, rl.max_len, kv_heads, head_dim] per layer
-sharded by `transformer.CACHE_AXES` (kv heads over `tensor` where it divides them). The
-training loop does not chunk the rollout yet: it samples all B*G rows at once, which is
-the default; `rollout_rows` (or `config.rollout.batch_rows`, when a config has it) sizes
-a chunk for when it does.
+The update and the reference log-probs compile for the whole slice (`SLICE_PROGRAMS`).
+The rollout programs compile for one host's chips (`parallel.hosts.local_mesh`), since
+each training process rolls out its share of the step on its own chips: `rollout_rows`
+rows (default `config.rollout.batch_rows`, else all B*G), sharded over that mesh's data x
+fsdp axes, their KV cache [rows, rl.max_len, kv_heads, head_dim] per layer sharded by
+`transformer.CACHE_AXES` (kv heads over `tensor` where it divides them).
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ from sr2.sampling.state import DEFAULT_BUCKETS, bucket
 from sr2.train.setup import batch_rows, check_config
 from sr2.train.task import world_model_config
 
+# The programs over every chip of the slice; the others run on one host's chips.
+SLICE_PROGRAMS = ("update", "reference_logprobs")
 PROGRAMS = (
   "update",
   "reference_logprobs",

@@ -40,9 +40,9 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sr2.agent import scoring
-from sr2.aot.plan import EOS_IDS, PROGRAMS, SCORE_CHUNK, Plan, make_plan, slice_mesh
+from sr2.aot.plan import EOS_IDS, PROGRAMS, SCORE_CHUNK, SLICE_PROGRAMS, Plan, make_plan, slice_mesh
 from sr2.models import transformer
-from sr2.parallel import AxisRules
+from sr2.parallel import AxisRules, hosts
 from sr2.parallel import topology as topology_lib
 from sr2.rl import update
 from sr2.sampling import kernels
@@ -111,7 +111,7 @@ class _Inputs:
       finish=self.rows(b),
       stop_state=self.rows(b, n_stop),
       cache=jax.tree.map(lambda s: self.array(s.shape, s.dtype, axes), cache),
-      rng=self.key,
+      rng=self.rows(b, dtype=self.key.dtype),  # one key per row
     )
 
 
@@ -195,8 +195,8 @@ def _program(name: str, plan: Plan, x: _Inputs):
     args = (x.params, x.opt_state, x.batch(), x.key)
     return fn, args, (sh.params, sh.opt_state, None), (0, 1), dict(rows=plan.update_rows, T=cap)
   if name == "reference_logprobs":
-    chunk = plan.grpo.logprob_chunk or None
-    fn = lambda params, tokens: update.reference_logprobs(model, params, tokens, chunk)
+    chunk, micro = plan.grpo.logprob_chunk or None, plan.grpo.micro_batch_rows or None
+    fn = lambda params, tokens: update.reference_logprobs(model, params, tokens, chunk, micro)
     tokens = x.batch()["tokens"]
     out = x.shardings.batch["ref_logp"]
     return fn, (x.params, tokens), out, (), dict(rows=plan.update_rows, T=cap)
@@ -270,13 +270,20 @@ def compile_programs(
     raise ValueError(f"unknown programs {unknown}; expected some of {PROGRAMS}")
   plan.mesh.resolve(topo.chips)  # a mesh that does not fit the slice fails before libtpu
   mesh = slice_mesh(topology_lib.slice_devices(topo), plan.mesh)
-  inputs = _Inputs(plan, mesh)
-  where = dict(topology=topo.name, chips=topo.chips, mesh=dict(mesh.shape))
+  # The update and the reference run over the whole slice; rollouts (and the refiner's
+  # judgement) run on each host's own chips, as the training loop runs them.
+  host = hosts.local_mesh(mesh, process=0)
+  n_hosts = len({d.process_index for d in mesh.devices.flat})
+  inputs = {"slice": _Inputs(plan, mesh), "host": _Inputs(plan, host)}
   for name in programs:
-    fn, args, out, donate, shape = _program(name, plan, inputs)
-    with jax.set_mesh(mesh):  # the model's activation constraints read it
+    where = "slice" if name in SLICE_PROGRAMS else "host"
+    m = inputs[where].mesh
+    fn, args, out, donate, shape = _program(name, plan, inputs[where])
+    with jax.set_mesh(m):  # the model's activation constraints read it
       record = compile_program(fn, args, out_shardings=out, donate_argnums=donate, topo=topo)
-    yield {"program": name, **where, "shape": shape, **record}
+    info = dict(topology=topo.name, chips=topo.chips, hosts=n_hosts, runs_on=where)
+    info["mesh"] = dict(m.shape)
+    yield {"program": name, **info, "shape": shape, **record}
 
 
 def not_fitting(records: Sequence[dict]) -> list[str]:

@@ -23,12 +23,30 @@ from sr2.rl import grpo, logprobs, micro
 BATCH_KEYS = ("tokens", "mask", "old_logp", "ref_logp", "adv")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def reference_logprobs(
-  config: ModelConfig, ref_params, tokens_BxT, chunk_size: int | None = None
+  config: ModelConfig,
+  ref_params,
+  tokens_BxT,
+  chunk_size: int | None = None,
+  micro_rows: int | None = None,
 ) -> jax.Array:
-  """log p_ref of every target token, [B, T-1] (computed once per step, no gradient)."""
-  return logprobs.token_logprobs(config, ref_params, tokens_BxT, chunk_size=chunk_size)
+  """log p_ref of every target token, [B, T-1] (computed once per step, no gradient).
+
+  `micro_rows`: rows per forward pass, in a `lax.map` (the update's strided split: each
+  pass takes rows from every device's share), so only one pass's activations are live.
+  The values are the single pass's (each row is scored on its own).
+  """
+  rows, t = tokens_BxT.shape
+  size = micro_rows or rows
+  if rows % size:
+    raise ValueError(f"{rows} rows do not split into reference passes of {size} rows")
+  k = rows // size
+  score = lambda x: logprobs.token_logprobs(config, ref_params, x, chunk_size=chunk_size)
+  if k == 1:
+    return score(tokens_BxT)
+  out_KxMxT = jax.lax.map(score, tokens_BxT.reshape(size, k, t).swapaxes(0, 1))
+  return out_KxMxT.swapaxes(0, 1).reshape(rows, t - 1)
 
 
 def _loss(model, cfg, params, mb):
@@ -178,6 +196,24 @@ def make_shardings(
   batch = {k: two_d for k in ("tokens", "mask", "old_logp", "ref_logp")}
   batch["adv"] = NamedSharding(mesh, PartitionSpec(rows))
   return Shardings(params, opt_state, batch)
+
+
+def make_reference(
+  model: ModelConfig,
+  shardings: Shardings,
+  chunk_size: int | None = None,
+  micro_rows: int | None = None,
+):
+  """The jitted `reference_logprobs(ref_params, tokens)`, sharded like the update's batch.
+
+  The reference params are laid out as the params; the tokens and the log-probs as the
+  batch's rows, so each device scores its own rows, `micro_rows` at a time.
+  """
+  return jax.jit(
+    functools.partial(reference_logprobs, model, chunk_size=chunk_size, micro_rows=micro_rows),
+    in_shardings=(shardings.params, shardings.batch["tokens"]),
+    out_shardings=shardings.batch["ref_logp"],
+  )
 
 
 def make_update(
