@@ -76,6 +76,9 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
     dict(
       source="qa",  # FlashRAG-format QA files
       data_root="../shared/data",  # relative to the repo root
+      # "" reads data_root's JSONL; a folder of experiments/prepare_data.py's
+      # tfds datasets reads those instead, each process only the questions it uses.
+      tfds_dir="",
       train=("qa/nq:train", "qa/hotpotqa:train") if paper else ("multihop/hotpotqa:train",),
       dev=("qa/hotpotqa:dev",) if paper else ("multihop/hotpotqa:dev",),
       test=(),  # () = the dev files

@@ -267,3 +267,23 @@ def test_prepare_every_shared_dataset_reports_row_counts(tmp_path):
     assert got == expected[name], name
   assert len(qa.load_split("multihop/musique", "dev", tmp_path)) == 160
   assert "tensorflow" not in sys.modules
+
+
+def test_training_reads_prepared_splits_as_the_jsonl_files(source, tmp_path):
+  """`config.data.tfds_dir`: the task's questions come from the prepared array_record
+  splits, read on access, and equal those read from the JSONL files."""
+  from sr2.train import task
+
+  data_dir = tmp_path / "tfds"
+  qa.prepare("nq", source, data_dir)
+  qa.prepare("multihop/hotpotqa", source, data_dir)
+  names = ("qa/nq", "multihop/hotpotqa:dev")
+  from_files = task._questions(source, names, "train", limit=10)
+  lazy = task._tfds_questions(str(data_dir), names, "train", limit=10)
+  assert len(lazy) == len(from_files) == 20
+  assert list(lazy) == from_files and lazy[3:5] == from_files[3:5] and lazy[-1] == from_files[-1]
+  assert lazy[12].gold_titles == from_files[12].gold_titles == ("T2",)
+  pooled = [ex for ex, multihop in lazy.examples() if multihop]
+  assert len(pooled) == 10 and all(ex.paragraphs is not None for ex in pooled)
+  with pytest.raises(task.ConfigError, match="tfds_dir: dataset 'popqa' is not prepared"):
+    task._tfds_questions(str(data_dir), ("qa/popqa",), "test", 0)

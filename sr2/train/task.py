@@ -9,14 +9,20 @@ Two sources (`config.data.source`):
   qa     FlashRAG-format QA files named as the evaluation harness names them
          (`qa/<name>[:split]`, `multihop/<set>[:split]` under `config.data.data_root`), BM25
          over `config.data.corpus` (a JSONL corpus or a saved index dir) or, when empty,
-         over the pooled paragraphs of the named multi-hop files; the model and tokenizer
+         over the pooled paragraphs of the named multi-hop files. With
+         `config.data.tfds_dir` the sets are read instead from the tfds datasets
+         `experiments/prepare_data.py` wrote there (array_record, random access: each
+         process reads the questions it uses). The model and tokenizer
          from `config.model.source` (`sr2.models.load`). No SFT: RL starts from the
          checkpoint, as in the paper.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
+import itertools
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -60,7 +66,7 @@ class JudgeCase:
 class Task:
   """Everything a run needs besides params. `init_params(seed)` gives the starting params."""
 
-  splits: dict[str, list[Question]]
+  splits: dict[str, Sequence[Question]]  # lists, or `SplitQuestions` read on access
   retriever: Any
   tokenizer: Any
   model: models.ModelConfig
@@ -69,7 +75,7 @@ class Task:
   sft_examples: list[sft.Example | sft.Choice] = dataclasses.field(default_factory=list)
   judge_cases: list[JudgeCase] = dataclasses.field(default_factory=list)
 
-  def split(self, name: str) -> list[Question]:
+  def split(self, name: str) -> Sequence[Question]:
     if name not in self.splits:
       raise ConfigError(f"no split {name!r}; this task has {sorted(self.splits)}")
     return self.splits[name]
@@ -169,29 +175,87 @@ def _resolve(root: pathlib.Path, name: str, default_split: str) -> tuple[str, pa
   return kind, path
 
 
+def _question(ex, multihop: bool) -> Question:
+  """A `Question` from a `QAExample` (gold titles: a multi-hop row's supporting paragraphs)."""
+  gold_titles = ()
+  if multihop:
+    gold_titles = tuple(p.title for p in ex.paragraphs or () if p.is_supporting)
+  return Question(ex.id, ex.question, tuple(ex.golden_answers), gold_titles)
+
+
 def _questions(root: pathlib.Path, names: Sequence[str], split: str, limit: int) -> list[Question]:
   out = []
   for name in names:
     kind, path = _resolve(root, name, split)
     rows = read_qa_jsonl(path)
     rows = rows[:limit] if limit else rows
-    for ex in rows:
-      gold_titles = ()
-      if kind == "multihop":
-        gold_titles = tuple(p.title for p in ex.paragraphs or () if p.is_supporting)
-      out.append(Question(ex.id, ex.question, tuple(ex.golden_answers), gold_titles))
+    out += [_question(ex, kind == "multihop") for ex in rows]
   return out
+
+
+class SplitQuestions(Sequence[Question]):
+  """The questions of prepared tfds splits (`experiments/prepare_data.py`), read on access.
+
+  The splits are array_record files with random access, so a process that indexes only
+  its share of each step's questions reads only those records. `parts` are
+  (`sr2.data.qa.QASplit`, multi-hop?) pairs, concatenated in order.
+  """
+
+  def __init__(self, parts: Sequence[tuple[Any, bool]]):
+    self._parts = list(parts)
+    self._ends = list(itertools.accumulate(len(split) for split, _ in self._parts))
+
+  def __len__(self) -> int:
+    return self._ends[-1] if self._ends else 0
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    if not -len(self) <= i < len(self):
+      raise IndexError(f"question {i} of {len(self)}")
+    i %= len(self)
+    k = bisect.bisect_right(self._ends, i)
+    split, multihop = self._parts[k]
+    return _question(split[i - (self._ends[k - 1] if k else 0)], multihop)
+
+  def examples(self):
+    """Every row's `QAExample` with whether it is multi-hop (e.g. to pool paragraphs)."""
+    for split, multihop in self._parts:
+      yield from ((ex, multihop) for ex in split)
+
+
+def _tfds_questions(tfds_dir: str, names: Sequence[str], split: str, limit: int):
+  """`SplitQuestions` of the named sets, read from the tfds datasets under `tfds_dir`."""
+  from sr2.data import qa  # tensorflow-datasets, only for runs that read its datasets
+
+  parts = []
+  for name in names:
+    base, _, own_split = name.partition(":")
+    kind, _, set_name = base.partition("/")
+    if kind not in ("qa", "multihop") or not set_name:
+      raise ConfigError(f"config.data: {name!r}; expected qa/<name> or multihop/<set>[:split]")
+    tfds_name = qa.MULTIHOP_PREFIX + set_name if kind == "multihop" else set_name
+    chosen = (own_split or split) + (f"[:{limit}]" if limit else "")
+    try:
+      parts.append((qa.load_split(tfds_name, chosen, tfds_dir), kind == "multihop"))
+    except ValueError as e:
+      raise ConfigError(f"config.data.tfds_dir: {e}") from None
+  return SplitQuestions(parts)
 
 
 def qa_task(config, rollout: RolloutConfig) -> Task:
   d = config.data
   root = (REPO_ROOT / d.data_root).resolve()
-  if not root.is_dir():
+  tfds_dir = d.get("tfds_dir", "")
+  if not root.is_dir() and not tfds_dir:
     raise ConfigError(f"config.data.data_root: {root} is not a directory")
+  read = functools.partial(_tfds_questions, tfds_dir) if tfds_dir else functools.partial(
+    _questions, root
+  )
   splits = {
-    "train": _questions(root, d.train, "train", d.get("train_limit", 0)),
-    "dev": _questions(root, d.dev, "dev", d.get("eval_limit", 0)),
-    "test": _questions(root, d.test or d.dev, "test" if d.test else "dev", d.get("eval_limit", 0)),
+    "train": read(d.train, "train", d.get("train_limit", 0)),
+    "dev": read(d.dev, "dev", d.get("eval_limit", 0)),
+    "test": read(d.test or d.dev, "test" if d.test else "dev", d.get("eval_limit", 0)),
   }
   if d.corpus:
     corpus = pathlib.Path(d.corpus)
@@ -202,6 +266,16 @@ def qa_task(config, rollout: RolloutConfig) -> Task:
       index = BM25Index.build(read_jsonl_corpus(corpus))
     else:
       raise ConfigError(f"config.data.corpus: {corpus} does not exist")
+  elif tfds_dir:
+    rows = [
+      {"paragraphs": [{"title": p.title, "text": p.text} for p in ex.paragraphs]}
+      for split in (splits["train"], splits["dev"])
+      for ex, multihop in split.examples()
+      if multihop
+    ]
+    if not rows:
+      raise ConfigError("config.data.corpus is empty and no multihop/ set is named to pool")
+    index = BM25Index.build(pool_multihop_paragraphs(rows))
   else:
     files = [_resolve(root, n, "train")[1] for n in (*d.train, *d.dev) if n.startswith("multihop/")]
     if not files:
