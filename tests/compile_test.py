@@ -90,7 +90,7 @@ def test_model_config_without_weights():
 def test_plan_sizes():
   plan = aot.make_plan(_config("search_r2.py", "qwen2.5-7b,search_r2"))
   assert plan.update_rows == 512 * 5 * 2  # B*G trajectories + one decision row each
-  assert (plan.rollout_rows, plan.prefill_tokens) == (512 * 5, 4096)
+  assert (plan.rollout_rows, plan.prefill_tokens) == (64, 4096)  # rollout.batch_rows per host
   assert plan.programs == ("update", "reference_logprobs", "extend", "decode", "truncate", "judge")
   smoke = aot.make_plan(_config("tiny_world.py", "smoke"), rollout_rows=4)
   assert (smoke.rollout_rows, smoke.prefill_tokens) == (4, 1024)  # capped at rl.max_len

@@ -78,6 +78,9 @@ def refiner_benchmark(argv: list[str]) -> None:
         state[name] = TrainState.from_dict(ckpt.restore(like=state[name].as_dict()))
       # Every arm runs steps 1..total from the checkpoint's params.
       state[name] = dataclasses.replace(state[name], step=0)
+    # The reference is a copy: the update donates the params it is given.
+    ref = jax.tree.map(jnp.copy, state[name].params)
+    state[name] = dataclasses.replace(state[name], ref_params=ref)
   times = {name: [] for name in arms}
   compiles = {name: [] for name in arms}
   rows = {name: [] for name in arms}
