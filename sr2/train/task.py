@@ -249,8 +249,10 @@ def qa_task(config, rollout: RolloutConfig) -> Task:
   tfds_dir = d.get("tfds_dir", "")
   if not root.is_dir() and not tfds_dir:
     raise ConfigError(f"config.data.data_root: {root} is not a directory")
-  read = functools.partial(_tfds_questions, tfds_dir) if tfds_dir else functools.partial(
-    _questions, root
+  read = (
+    functools.partial(_tfds_questions, tfds_dir)
+    if tfds_dir
+    else functools.partial(_questions, root)
   )
   splits = {
     "train": read(d.train, "train", d.get("train_limit", 0)),
