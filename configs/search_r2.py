@@ -50,6 +50,7 @@ _PAPER_SOURCES = {
 # The TPU slice each paper backbone is configured for (`experiments/compile.py` compiles
 # its programs there) and its FSDP width: every chip holds a shard of the weights.
 _PAPER_SLICES = {"qwen2.5-7b": "v5p-16", "qwen3-8b": "v5p-16", "qwen2.5-32b-instruct": "v5p-64"}
+_ROLLOUT_ROWS = {"qwen2.5-7b": 64, "qwen3-8b": 32, "qwen2.5-32b-instruct": 16}
 
 
 def _tiny_world(variant: str) -> ml_collections.ConfigDict:
@@ -92,8 +93,9 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
   c.rollout.top_k = 3
   c.rollout.max_turn_tokens = 500 if paper else 128
   c.rollout.max_obs_tokens = 500
-  # Rows per rollout call on each host (KV cache: 64 rows x 15,000 slots, a quarter per chip).
-  c.rollout.batch_rows = 64 if paper else 0
+  # Rows per rollout call on each host, split over its 4 chips: the most whose prefill of a
+  # 4,096-token prompt and 15,000-slot KV cache fit a v5p chip (experiments/compile.py).
+  c.rollout.batch_rows = _ROLLOUT_ROWS.get(backbone, 0)
   c.rl.steps = 300 if paper else 50
   c.rl.prompts_per_step = 512 if paper else 4
   c.rl.max_len = 15000 if paper else 2560  # paper: context cap 15,000 tokens
