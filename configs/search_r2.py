@@ -51,6 +51,7 @@ _PAPER_SOURCES = {
 # its programs there) and its FSDP width: every chip holds a shard of the weights.
 _PAPER_SLICES = {"qwen2.5-7b": "v5p-16", "qwen3-8b": "v5p-16", "qwen2.5-32b-instruct": "v5p-64"}
 _ROLLOUT_ROWS = {"qwen2.5-7b": 64, "qwen3-8b": 32, "qwen2.5-32b-instruct": 16}
+_MICRO_ROWS = {"qwen2.5-32b-instruct": 32}  # v5p-64: 32 chips
 
 
 def _tiny_world(variant: str) -> ml_collections.ConfigDict:
@@ -103,7 +104,9 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
   c.grpo.group_size = 5
   c.grpo.kl_coef = 0.001
   c.grpo.num_minibatches = 1  # paper: mini-batch 512 prompts = the whole step
-  c.grpo.micro_batch_rows = 16 if paper else 10  # rows per pass: memory, not math (silent)
+  # Rows per forward/backward pass: memory, not math (silent). At least one row per chip of
+  # the slice, or the pass's rows do not split over the chips and every chip holds them all.
+  c.grpo.micro_batch_rows = _MICRO_ROWS.get(backbone, 16) if paper else 10
   c.opt.lr = 1e-6
   c.opt.warmup_steps = 85 if paper else 10  # warmup ratio 0.285 of 300 steps
   c.opt.weight_decay = 0.01
