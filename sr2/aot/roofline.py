@@ -108,14 +108,8 @@ def project(
   else:
     judge_s = chunks * _seconds(records, "score_after")
   regenerate_s = chunks * regenerated_turns * ro.max_turns * turn_s
-  ref2, upd2 = reference_and_update(plan.update_rows)
-  r2 = dict(
-    rollout_s=rollout_s,
-    judge_s=judge_s,
-    regenerate_s=regenerate_s,
-    reference_s=ref2,
-    update_s=upd2,
-  )
+  r2 = dict(rollout_s=rollout_s, judge_s=judge_s, regenerate_s=regenerate_s)
+  r2["reference_s"], r2["update_s"] = reference_and_update(plan.update_rows)
   total1, total2 = sum(r1.values()), sum(r2.values())
   return {
     "projection": True,

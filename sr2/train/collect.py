@@ -81,43 +81,6 @@ class _Chunk:
   metrics: dict[str, float]
 
 
-def _run_chunk(
-  agent: rollout.Agent,
-  params,
-  prompts: Sequence[Sequence[int]],
-  texts: Sequence[str],
-  rows: range,
-  refiner: RefinerConfig,
-  *,
-  rng,
-  seed: Sequence[int],
-  first_row: int,
-  probe: bool,
-  batch: int | None,
-) -> _Chunk:
-  """The Actor's rollouts of `prompts[rows]`, then the Meta-Refiner if enabled."""
-  t0 = time.perf_counter()
-  state, records = rollout.run(
-    agent,
-    params,
-    [prompts[i] for i in rows],
-    rng=rng,
-    batch=batch,
-    first_row=first_row + rows.start,
-  )
-  m = {"rollout_s": time.perf_counter() - t0}
-  if not refiner.enabled:
-    trajs = rollout.finish(state, records, agent.sampler.tokenizer)
-    return _Chunk(rows, trajs, trajs, [[] for _ in trajs], None, m)
-  snapshot = (jax.tree.map(jnp.copy, state), copy.deepcopy(records)) if probe else None
-  t1 = time.perf_counter()
-  np_rng = np.random.default_rng([*seed, first_row + rows.start])
-  out = refine(agent, params, state, records, [texts[i] for i in rows], refiner, rng=np_rng)
-  m["refine_s"] = time.perf_counter() - t1
-  m["judge_s"], m["regenerate_s"] = out.judge_s, out.regenerate_s
-  return _Chunk(rows, out.trajectories, out.drafts, out.decisions, snapshot, m)
-
-
 def _counterfactual(
   agent: rollout.Agent, params, chunks: Sequence[_Chunk], rows, steps
 ) -> dict[int, Trajectory]:
@@ -163,23 +126,29 @@ def collect(
   agent = rollout.Agent(sampler, retriever, task.rollout)
   prompts = [task.prompt_ids(q) for q in questions]
   texts = [q.question for q in questions]
-  size = task.rollout.batch_rows or len(questions)
-  chunks = [
-    _run_chunk(
-      agent,
-      params,
-      prompts,
-      texts,
-      range(i, min(i + size, len(questions))),
-      refiner,
-      rng=rng,
-      seed=seed,
-      first_row=first_row,
-      probe=probe,
-      batch=batch,
+  n = len(questions)
+  size = task.rollout.batch_rows or n
+
+  def run_chunk(rows: range) -> _Chunk:
+    """The Actor's rollouts of `rows`, then the Meta-Refiner if enabled."""
+    t0 = time.perf_counter()
+    chunk = [prompts[i] for i in rows]
+    state, records = rollout.run(
+      agent, params, chunk, rng=rng, batch=batch, first_row=first_row + rows.start
     )
-    for i in range(0, len(questions), size)
-  ]
+    m = {"rollout_s": time.perf_counter() - t0}
+    if not refiner.enabled:
+      trajs = rollout.finish(state, records, sampler.tokenizer)
+      return _Chunk(rows, trajs, trajs, [[] for _ in trajs], None, m)
+    snapshot = (jax.tree.map(jnp.copy, state), copy.deepcopy(records)) if probe else None
+    t1 = time.perf_counter()
+    np_rng = np.random.default_rng([*seed, first_row + rows.start])
+    out = refine(agent, params, state, records, [texts[i] for i in rows], refiner, rng=np_rng)
+    m["refine_s"] = time.perf_counter() - t1
+    m["judge_s"], m["regenerate_s"] = out.judge_s, out.regenerate_s
+    return _Chunk(rows, out.trajectories, out.drafts, out.decisions, snapshot, m)
+
+  chunks = [run_chunk(range(i, min(i + size, n))) for i in range(0, n, size)]
   trajs = [t for c in chunks for t in c.trajectories]
   drafts = [t for c in chunks for t in c.drafts]
   decisions = [d for c in chunks for d in c.decisions]
