@@ -25,7 +25,7 @@ Arms (one switch each, so rows differ only in what they name):
   nmax1..nmax4   Table 4: Meta-Refiner with N_max = 1..4, no process reward, no joint
   search_r1_g10  Appendix G: Search-R1 with doubled rollouts (G = 10)
   search_r2_dw   beyond the paper: search_r2 with the decision rows' advantage x 0.02
-                 (refiner.decision_weight; README, "Ablation" says why)
+                 (refiner.decision_weight; results/README.md, "The ablation", says why)
   mr_cont, search_r2_cont
                  beyond the paper: mr and search_r2 with the refiner's question put after
                  the Actor's own trajectory (refiner.prompt="continuation"), which reads

@@ -40,7 +40,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       vocab_size=1024 if smoke else 2048,  # BPE vocabulary trained on the world's text
       tokenizer_gold_texts=50 if smoke else 300,  # rendered gold trajectories in tokenizer text
       stop_short=0.0 if smoke else 0.6,  # share of multi-hop SFT demonstrations that answer
-      # one hop early: the decision error GRPO corrects (README: the main job)
+      # one hop early: the decision error GRPO corrects (results/README.md: the main job)
     )
   )
   c.rollout = ml_collections.ConfigDict(
@@ -56,7 +56,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   sft_steps = 4 if smoke else 1000
   c.sft = ml_collections.ConfigDict(
     dict(
-      steps=sft_steps,  # warm-start steps (README: how this budget was chosen)
+      steps=sft_steps,  # warm-start steps (results/README.md: how the default was found)
       batch_size=4 if smoke else 16,  # trajectories per step
     )
   )

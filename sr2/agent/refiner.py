@@ -18,7 +18,7 @@ The paper's §2.2 (Algorithm 1), with sr2's decisions where the paper is silent:
   - Up to `max_revisions` rounds; a round judges only the rows revised in the round before,
     and the last revision is returned without another judgement (Algorithm 1).
   - Each judgement is a `Decision`: the refiner prompt, the emitted token ("0" when
-    accepting) and its log-prob, which joint optimisation trains on (rl/joint.py).
+    accepting) and its log-prob, which joint optimisation trains on (rl/batch.py).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class RefinerConfig:
     decision_weight: joint optimisation multiplies each decision row's advantage by this,
       which scales its policy-gradient term by the same factor (1.0: the paper as sr2
       infers it; the paper is silent). Under seq-mean-token-mean a one-token decision row
-      weighs as much as a whole trajectory; < 1 lowers the decisions' share (README).
+      weighs as much as a whole trajectory; < 1 lowers the decisions' share (results/README.md).
     judge_rows: prompts per forward pass of the judgement. The prompts go through sorted
       by length, each pass padded to its own length bucket, so short prompts are not
       padded to the longest; 0 = all prompts in one pass. The same scores either way.
