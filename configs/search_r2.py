@@ -37,6 +37,8 @@ import pathlib
 
 import ml_collections
 
+from sr2.data.examples import default_data_root
+
 BACKBONES = ("tiny_world", "smollm2", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct")
 ARMS = ("search_r1", "mr", "mr_pr", "search_r2", "nmax1", "nmax2", "nmax3", "nmax4")
 ARMS += ("search_r1_g10", "search_r2_dw", "mr_cont", "search_r2_cont")
@@ -77,7 +79,7 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(
     dict(
       source="qa",  # FlashRAG-format QA files
-      data_root="../shared/data",  # relative to the repo root
+      data_root=default_data_root(),  # $SR2_DATA, else <repo>/data; relative: to the repo root
       # "" reads data_root's JSONL; a folder of experiments/prepare_data.py's
       # tfds datasets reads those instead, each process only the questions it uses.
       tfds_dir="",

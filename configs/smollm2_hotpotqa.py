@@ -14,6 +14,8 @@ model's rambling stays bounded on 2 CPU cores: at most 64 answer tokens (direct,
 
 import ml_collections
 
+from sr2.data.examples import default_data_root
+
 MULTIHOP_SETS = ("hotpotqa", "2wikimultihopqa", "musique")
 
 
@@ -61,7 +63,7 @@ def get_config(arg: str = "hotpotqa") -> ml_collections.ConfigDict:
       datasets=(f"multihop/{arg}",),  # multihop/<set> or qa/<name>, optionally :<split>
       methods=("direct", "cot", "rag", "agent"),  # run in this order
       split="dev",  # split of datasets that name none
-      data_root="../shared/data",  # holds multihop/ and qa/; relative to the repo root
+      data_root=default_data_root(),  # holds multihop/ and qa/: $SR2_DATA, else <repo>/data
       corpus="",  # corpus of qa/ datasets (JSONL or saved index dir); multihop pools its own
       corpora=ml_collections.ConfigDict(),  # per qa/ set name: a corpus overriding `corpus`
       limit=100,  # first N questions per dataset; 0 = all (--limit overrides)

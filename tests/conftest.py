@@ -10,6 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Configs default their data root to $SR2_DATA; the tests read the data beside the repo.
+if SHARED_DATA.is_dir():
+  os.environ.setdefault("SR2_DATA", str(SHARED_DATA))
 
 # Tiny shapes per family; qwen3 uses head_dim != hidden/heads on purpose.
 TINY_HF = {

@@ -3,7 +3,7 @@
 Run (or through `experiments/benchmark.py retrieval`):
 
   python -m sr2.benchmarks.retrieval --corpus PATH --queries PATH --k 3 [--size 100000]
-  python -m sr2.benchmarks.retrieval --recall [--multihop ../shared/data/multihop]
+  python -m sr2.benchmarks.retrieval --recall [--multihop DATA/multihop]
 
 Prints one JSON object per measurement. Speed: each implementation is built and searched in
 a fresh process, so its peak memory is its own: the process's resident high-water mark
@@ -33,10 +33,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from sr2.data.examples import default_data_root
 from sr2.retrieval import impls
 from sr2.retrieval.corpus import pool_multihop_paragraphs, read_jsonl_corpus
 
-_DATA = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+_DATA = pathlib.Path(__file__).resolve().parents[2] / default_data_root()  # absolute stays
 _SPEED_IMPLS = ("sr2:lucene", "sr2:okapi", "bm25s:own", "bm25s:sr2", "rank_bm25:sr2")
 _RECALL_IMPLS = ("sr2:lucene", "sr2:okapi", "bm25s:own", "bm25s:sr2", "rank_bm25:sr2")
 _MULTIHOP_SETS = ("hotpotqa", "2wikimultihopqa", "musique")

@@ -16,6 +16,16 @@ from typing import Any
 
 from sr2.jsonl import iter_jsonl
 
+# The folder of FlashRAG-format QA data (`qa/<name>/<split>.jsonl`, `multihop/<set>/...`)
+# that configs name by default: $SR2_DATA, else `data/` under the repository root.
+DATA_ENV = "SR2_DATA"
+
+
+def default_data_root() -> str:
+  """`$SR2_DATA`, or "data" (configs resolve a relative root against the repository)."""
+  return os.environ.get(DATA_ENV) or "data"
+
+
 QA_DATASETS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
 MIX_NAME = "nq_hotpotqa_train"  # Search-R1's training set: NQ train + HotpotQA train.
 MIX_SOURCES = ("nq", "hotpotqa")

@@ -31,7 +31,7 @@ from absl import logging
 from sr2 import models
 from sr2.agent.rollout import RolloutConfig
 from sr2.configlib import ConfigError, check_ints, check_keys, from_config
-from sr2.data.examples import dataset_file, read_qa_jsonl
+from sr2.data.examples import DATA_ENV, dataset_file, default_data_root, read_qa_jsonl
 from sr2.eval import methods as methods_lib
 from sr2.parallel import hosts
 from sr2.retrieval import BM25Config, BM25Index, pool_multihop_paragraphs, read_jsonl_corpus
@@ -69,7 +69,7 @@ class EvalConfig:
   datasets: tuple[str, ...] = ("multihop/hotpotqa",)
   methods: tuple[str, ...] = methods_lib.METHODS
   split: str = "dev"
-  data_root: str = "../shared/data"
+  data_root: str = dataclasses.field(default_factory=default_data_root)
   corpus: str = ""
   corpora: Mapping[str, str] = dataclasses.field(default_factory=dict)
   limit: int = 0
@@ -129,7 +129,7 @@ def data_root(cfg: EvalConfig) -> pathlib.Path:
   if not root.is_dir():
     raise ConfigError(
       f"eval.data_root: {root} is not a directory; point config.eval.data_root at the folder "
-      "holding multihop/ and qa/ (default ../shared/data, relative to the repo root)"
+      f"holding multihop/ and qa/ (default ${DATA_ENV}, else data/ under the repo root)"
     )
   return root
 
