@@ -6,6 +6,8 @@ import json
 import os
 from collections.abc import Iterator
 
+from sr2 import files
+
 
 def iter_jsonl(
   path: str | os.PathLike, error: type[Exception] = ValueError, what: str = "file"
@@ -13,7 +15,7 @@ def iter_jsonl(
   """Yields `("file:line", line number, row dict)` for each non-blank line.
 
   Args:
-    path: a UTF-8 JSON Lines file.
+    path: a UTF-8 JSON Lines file, local or gs://.
     error: the exception type raised for a bad file or line.
     what: how messages name the file ("corpus file", "QA file", ...).
 
@@ -23,9 +25,9 @@ def iter_jsonl(
   """
   name = os.fspath(path)
   try:
-    f = open(name, "rb")
+    f = files.path(name).open("rb")
   except OSError as e:
-    raise error(f"cannot open {what} {name!r}: {e.strerror}") from e
+    raise error(f"cannot open {what} {name!r}: {e.strerror or e}") from e
   with f:
     for lineno, raw in enumerate(f, start=1):
       where = f"{name}:{lineno}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -133,12 +132,11 @@ def read_qa_jsonl(path: str | os.PathLike, data_source: str | None = None) -> li
 DATASET_KINDS = ("multihop", "qa")
 
 
-def dataset_file(
-  root: pathlib.Path, name: str, default_split: str, where: str
-) -> tuple[str, str, pathlib.Path]:
+def dataset_file(root, name: str, default_split: str, where: str) -> tuple[str, str, Any]:
   """(kind, set name, JSONL path) of a dataset named `qa/<name>[:split]` or `multihop/<set>`.
 
-  The file is `root/<kind>/<set>/<split>.jsonl`; a malformed name or a missing file raises
+  The file is `root/<kind>/<set>/<split>.jsonl` (`root`: a pathlib or epath folder, so it
+  may be gs://); a malformed name or a missing file raises
   `ConfigError` naming `where` (the config field).
   """
   from sr2.configlib import ConfigError

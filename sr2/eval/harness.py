@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import pathlib
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from sr2 import models
+from sr2 import files, models
 from sr2.agent.rollout import RolloutConfig
 from sr2.configlib import ConfigError, check_ints, check_keys, from_config
 from sr2.data.examples import DATA_ENV, dataset_file, default_data_root, read_qa_jsonl
@@ -119,13 +120,13 @@ class DatasetSpec:
   """A resolved dataset: its questions file and its corpus ("" = the pooled paragraphs)."""
 
   name: str
-  path: pathlib.Path
+  path: files.PathLike
   corpus: str
 
 
-def data_root(cfg: EvalConfig) -> pathlib.Path:
-  """`cfg.data_root` as an absolute path; raises if it is not a directory."""
-  root = (REPO_ROOT / cfg.data_root).resolve()
+def data_root(cfg: EvalConfig):
+  """`cfg.data_root` as an absolute path (local or gs://); raises if it is not a directory."""
+  root = files.resolve(cfg.data_root, REPO_ROOT)
   if not root.is_dir():
     raise ConfigError(
       f"eval.data_root: {root} is not a directory; point config.eval.data_root at the folder "
@@ -145,8 +146,8 @@ def resolve_datasets(cfg: EvalConfig) -> list[DatasetSpec]:
       corpus = cfg.corpora.get(set_name, cfg.corpus)
       if not corpus:
         raise ConfigError(f"eval: dataset {name!r} needs eval.corpora.{set_name} or eval.corpus")
-      corpus = str(root / corpus)  # an absolute corpus path stays as it is
-      if not pathlib.Path(corpus).exists():
+      corpus = os.fspath(files.resolve(corpus, root))
+      if not files.path(corpus).exists():
         raise ConfigError(f"eval: corpus {corpus} of dataset {name!r} does not exist")
     out.append(DatasetSpec(name, path, corpus))
   return out
@@ -158,8 +159,8 @@ def _index(ds: DatasetSpec, cfg: EvalConfig, cache: dict[str, BM25Index]) -> BM2
     start = time.perf_counter()
     if not ds.corpus:
       passages = pool_multihop_paragraphs(ds.path)
-    elif pathlib.Path(ds.corpus).is_dir():
-      cache[key] = BM25Index.load(ds.corpus)
+    elif files.path(ds.corpus).is_dir():
+      cache[key] = BM25Index.load(files.local_copy(ds.corpus))
       return cache[key]
     else:
       passages = read_jsonl_corpus(ds.corpus)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 import time
 from collections.abc import Callable
 
@@ -34,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sr2 import checkpoint
+from sr2 import checkpoint, files
 from sr2.configlib import ConfigError
 from sr2.parallel import hosts
 from sr2.rl import batch as batch_lib
@@ -262,7 +261,7 @@ def _warm_start(s: Setup, state: TrainState, writer: MetricWriter) -> TrainState
 
 def _borrow_warm_start(init_from, template: TrainState) -> tuple[TrainState, dict]:
   """The starting policy another run kept (`rl.keep_warm_start`) and its evaluation."""
-  source = pathlib.Path(init_from) / WARM_START
+  source = files.path(init_from) / WARM_START
   if not source.is_dir():
     raise ConfigError(
       f"--init_from {init_from}: no {WARM_START}/ there; run it with rl.keep_warm_start=True"
@@ -271,7 +270,7 @@ def _borrow_warm_start(init_from, template: TrainState) -> tuple[TrainState, dic
     return TrainState.from_dict(keep.restore(0, like=template.as_dict())), keep.metrics(0)
 
 
-def _drop_rows_after(path: pathlib.Path, step: int) -> None:
+def _drop_rows_after(path, step: int) -> None:
   """On resume: forget metric lines of steps the restored checkpoint does not include."""
   if not path.exists():
     return
@@ -305,12 +304,13 @@ def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> di
   # ---- Setup: config, task, checkpoints, metric files (process 0 writes files).
   s = setup(config)
   task, rl = s.task, s.rl
-  workdir = pathlib.Path(workdir)
+  workdir = files.path(workdir)  # local or gs://
   writes = hosts.is_writer()
   start = time.perf_counter()
   if writes:
     workdir.mkdir(parents=True, exist_ok=True)
-    task.tokenizer.save(workdir / "tokenizer")
+    with files.local_dir(workdir / "tokenizer") as folder:
+      task.tokenizer.save(folder)
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=2)
   template = fresh_state(s)
   resumed = ckpt.latest_step() is not None

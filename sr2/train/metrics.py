@@ -14,20 +14,26 @@
     log files without a TTY all get the same text.
 `plot_curves(metrics.jsonl, png)` draws the curves with matplotlib's Agg canvas, without pyplot,
 so it neither needs a display nor changes a notebook's backend.
+
+The workdir may be local or in an object store (gs://, s3://): files go through `sr2.files`,
+which rewrites metrics.jsonl and the event files whole at each flush where appending is
+impossible.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import pathlib
 import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 import numpy as np
+
+from sr2 import files
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _POSTFIX = ("reward", "em", "step_s")  # shown on the progress bar
@@ -83,34 +89,32 @@ def _line(phase: str, step: int, row: Mapping[str, Any]) -> str:
   return f"[{phase} {step}] " + " ".join(shown)
 
 
-def _mend_last_line(path: pathlib.Path) -> None:
+def _mend_last_line(path) -> None:
   """Ends the file with a newline, so an append cannot glue a row onto a cut one.
 
   A last line that is not JSON (a writer killed mid-row) is cut off; one that is JSON but lacks
   its newline gets one.
   """
-  if not path.exists() or path.stat().st_size == 0:
+  if not path.exists():
     return
   data = path.read_bytes()
-  if data.endswith(b"\n"):
+  if not data or data.endswith(b"\n"):
     return
   start = data.rfind(b"\n") + 1
-  with open(path, "r+b") as f:
-    try:
-      json.loads(data[start:])
-      f.seek(0, os.SEEK_END)
-      f.write(b"\n")
-    except ValueError:
-      warnings.warn(f"{path}: cutting a truncated last line before appending", stacklevel=3)
-      f.truncate(start)
+  try:
+    json.loads(data[start:])
+    path.write_bytes(data + b"\n")
+  except ValueError:
+    warnings.warn(f"{path}: cutting a truncated last line before appending", stacklevel=3)
+    path.write_bytes(data[:start])
 
 
 class MetricWriter:
   """Writes metric rows to JSONL, TensorBoard and the console; a context manager.
 
   Args:
-    workdir: directory of `metrics.jsonl` and `tensorboard/` (created if missing; an existing
-      `metrics.jsonl` is appended to).
+    workdir: directory of `metrics.jsonl` and `tensorboard/`, local or gs:// (created if
+      missing; an existing `metrics.jsonl` is appended to).
     tensorboard: whether to write TensorBoard events.
     progress_total: number of "rl" steps for a progress bar, opened at the first "rl" row;
       None for no bar.
@@ -129,11 +133,11 @@ class MetricWriter:
     console: bool = True,
     stream: TextIO | None = None,
   ):
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = files.path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.path = self.workdir / "metrics.jsonl"
     _mend_last_line(self.path)
-    self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+    self._file = files.AppendFile(self.path)
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter
@@ -142,7 +146,9 @@ class MetricWriter:
       # tensorboardX names files by the second and opens them with "wb": a writer started in
       # the same second as an earlier one (a quick resume) would erase its events.
       n = len(list(logdir.glob("*tfevents*"))) if logdir.exists() else 0
-      self._tb = SummaryWriter(str(logdir), flush_secs=30, filename_suffix=f".{os.getpid()}.{n}")
+      self._tb = SummaryWriter(
+        files.tensorboard_logdir(logdir), flush_secs=30, filename_suffix=f".{os.getpid()}.{n}"
+      )
     self._stream = stream
     self._console = console
     # The bar opens at the first "rl" row (or skip_to): rows before it, e.g. a warm start's,
@@ -236,7 +242,7 @@ def read_metrics(path: str | os.PathLike, phase: str | None = None) -> list[dict
     with a warning; a bad line elsewhere raises ValueError naming it.
   """
   rows = []
-  lines = pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+  lines = files.path(path).read_text(encoding="utf-8").splitlines()
   for i, line in enumerate(lines):
     if not line.strip():
       continue
@@ -309,7 +315,7 @@ def plot_curves(
 
   Args:
     rows_or_path: a metrics.jsonl path or rows as `read_metrics` returns them.
-    png_path: the PNG to write.
+    png_path: the PNG to write (local or gs://).
     keys: "rl" metrics to draw, in order; those without data are skipped.
 
   Returns:
@@ -318,7 +324,9 @@ def plot_curves(
   if isinstance(rows_or_path, str | os.PathLike):
     rows_or_path = read_metrics(rows_or_path)
   fig = curves_figure(rows_or_path, keys)
-  fig.savefig(png_path, dpi=90)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=90)
+  files.path(png_path).write_bytes(png.getvalue())
   return [ax.get_title() for ax in fig.axes]
 
 

@@ -15,9 +15,9 @@ one JSON object each:
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any
 
+from sr2 import files
 from sr2.agent.rollout import Trajectory
 from sr2.train.collect import Collected
 
@@ -64,9 +64,12 @@ def step_rows(got: Collected, step: int, first_row: int, limit: int) -> list[dic
   return out
 
 
-def write_step(workdir: str | pathlib.Path, step: int, rows: list[dict[str, Any]]) -> pathlib.Path:
-  """Writes `rows` (every process's, in row order) to `workdir/trajectories/step_<step>.jsonl`."""
-  path = pathlib.Path(workdir) / "trajectories" / f"step_{step}.jsonl"
+def write_step(workdir: files.PathLike, step: int, rows: list[dict[str, Any]]):
+  """Writes `rows` (every process's, in row order) to `workdir/trajectories/step_<step>.jsonl`.
+
+  `workdir` may be local or gs://; returns the file's path.
+  """
+  path = files.path(workdir) / "trajectories" / f"step_{step}.jsonl"
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["row"])))
   return path

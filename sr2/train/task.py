@@ -27,7 +27,7 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sr2 import models
+from sr2 import files, models
 from sr2.agent.rollout import RolloutConfig
 from sr2.configlib import ConfigError, from_config
 from sr2.data import WorldConfig, actor_prompt, build_world
@@ -170,7 +170,7 @@ def _key(seed: int):
 # --------------------------------------------------------------------------- qa
 
 
-def _resolve(root: pathlib.Path, name: str, default_split: str) -> tuple[str, pathlib.Path]:
+def _resolve(root, name: str, default_split: str):
   kind, _, path = dataset_file(root, name, default_split, "config.data")
   return kind, path
 
@@ -183,7 +183,7 @@ def _question(ex, multihop: bool) -> Question:
   return Question(ex.id, ex.question, tuple(ex.golden_answers), gold_titles)
 
 
-def _questions(root: pathlib.Path, names: Sequence[str], split: str, limit: int) -> list[Question]:
+def _questions(root, names: Sequence[str], split: str, limit: int) -> list[Question]:
   out = []
   for name in names:
     kind, path = _resolve(root, name, split)
@@ -245,7 +245,7 @@ def _tfds_questions(tfds_dir: str, names: Sequence[str], split: str, limit: int)
 
 def qa_task(config, rollout: RolloutConfig) -> Task:
   d = config.data
-  root = (REPO_ROOT / d.data_root).resolve()
+  root = files.resolve(d.data_root, REPO_ROOT)  # local or gs://
   tfds_dir = d.get("tfds_dir", "")
   if not root.is_dir() and not tfds_dir:
     raise ConfigError(f"config.data.data_root: {root} is not a directory")
@@ -260,10 +260,9 @@ def qa_task(config, rollout: RolloutConfig) -> Task:
     "test": read(d.test or d.dev, "test" if d.test else "dev", d.get("eval_limit", 0)),
   }
   if d.corpus:
-    corpus = pathlib.Path(d.corpus)
-    corpus = corpus if corpus.is_absolute() else root / corpus
+    corpus = files.resolve(d.corpus, root)
     if corpus.is_dir():
-      index = BM25Index.load(corpus)
+      index = BM25Index.load(files.local_copy(corpus))
     elif corpus.is_file():
       index = BM25Index.build(read_jsonl_corpus(corpus))
     else:
@@ -279,10 +278,11 @@ def qa_task(config, rollout: RolloutConfig) -> Task:
       raise ConfigError("config.data.corpus is empty and no multihop/ set is named to pool")
     index = BM25Index.build(pool_multihop_paragraphs(rows))
   else:
-    files = [_resolve(root, n, "train")[1] for n in (*d.train, *d.dev) if n.startswith("multihop/")]
-    if not files:
+    multihop = [n for n in (*d.train, *d.dev) if n.startswith("multihop/")]
+    qa_files = [_resolve(root, n, "train")[1] for n in multihop]
+    if not qa_files:
       raise ConfigError("config.data.corpus is empty and no multihop/ set is named to pool")
-    index = BM25Index.build(pool_multihop_paragraphs(files))
+    index = BM25Index.build(pool_multihop_paragraphs(qa_files))
   spec = from_config(models.ModelSpec, config.model, "config.model")
   loaded = models.build(spec)
   if loaded.tokenizer is None:
