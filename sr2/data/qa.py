@@ -20,7 +20,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow_datasets as tfds
+
+try:
+  import tensorflow_datasets as tfds
+except ImportError as e:  # an optional dependency: only tfds datasets need it
+  raise ImportError(
+    "sr2.data.qa reads and writes tfds datasets and needs tensorflow-datasets: "
+    "pip install 'sr2[data]' (or pip install tensorflow-datasets)"
+  ) from e
 
 from sr2.data.examples import (
   MIX_NAME,
