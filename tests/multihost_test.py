@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import jax
@@ -164,3 +165,59 @@ def test_a_mesh_that_does_not_match_the_devices(tmp_path):
   assert out.returncode != 0
   assert "config.mesh" in out.stderr and "needs 3 devices; 4 available" in out.stderr
   assert not (tmp_path / "checkpoints").exists()  # failed before anything ran
+
+
+_LOCAL_PARAMS = textwrap.dedent(
+  """
+  import sys
+
+  import jax
+  import numpy as np
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  from sr2.parallel import hosts
+  from sr2.parallel.mesh import MeshConfig, make_mesh
+
+  hosts.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]), cpu_devices=2)
+  host = {
+    "w": np.arange(8 * 6, dtype=np.float32).reshape(8, 6),
+    "b": np.arange(4, dtype=np.float32),
+  }
+  specs = {"w": P("fsdp", None), "b": P(None)}
+  for config in (MeshConfig(data=1, fsdp=4), MeshConfig(data=2, fsdp=2)):
+    mesh = make_mesh(config)
+    shardings = {k: NamedSharding(mesh, specs[k]) for k in host}
+    params = hosts.to_global(host, shardings)
+    local = hosts.local_mesh(mesh)
+    got = hosts.local_params(params, local)
+    for k, x in got.items():
+      assert x.sharding.mesh.devices.tolist() == local.devices.tolist(), (config, k)
+      assert x.sharding.spec == specs[k], (config, k, x.sharding.spec)
+      assert all(d.process_index == jax.process_index() for d in x.sharding.device_set)
+      np.testing.assert_array_equal(np.asarray(x), host[k])
+    # w over the local mesh's 2 devices along fsdp: each holds 4 of its 8 rows.
+    assert {s.data.shape for s in got["w"].addressable_shards} == {(4, 6)}, config
+    print(config, "ok", dict(local.shape), flush=True)
+  """
+)
+
+
+def test_local_params_reshards_fsdp_across_hosts(tmp_path):
+  """Params sharded over fsdp across both processes (the paper configs' mesh) and over data
+  (a copy per process): each process gets the whole arrays, sharded over its own devices."""
+  script = tmp_path / "local_params.py"
+  script.write_text(_LOCAL_PARAMS)
+  address = f"127.0.0.1:{_port()}"
+  procs = [
+    subprocess.Popen(
+      [sys.executable, str(script), address, str(i)],
+      env=ENV,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+    )
+    for i in range(2)
+  ]
+  for p in procs:
+    out = p.communicate(timeout=300)[0].decode()
+    assert p.returncode == 0, out[-3000:]
+    assert out.count(" ok ") == 2, out[-3000:]

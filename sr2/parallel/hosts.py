@@ -159,31 +159,49 @@ def local_mesh(mesh: Mesh, process: int | None = None) -> Mesh:
   return make_mesh(MeshConfig(data=1, fsdp=-1, tensor=tensor), devices)
 
 
-def _local_sharding(x: jax.Array, mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, x.sharding.spec)
+def hosts_mesh(mesh: Mesh) -> Mesh:
+  """`mesh`'s devices with a leading "hosts" axis: one `local_mesh` per process, stacked.
+
+  A layout on it that does not name "hosts" is a whole copy of an array per process,
+  sharded within each process as on its local mesh.
+  """
+  count = jax.process_count()
+  blocks = [local_mesh(mesh, process=p).devices for p in range(count)]
+  return Mesh(np.stack(blocks), ("hosts", *AXES))
 
 
 def local_params(params: Any, mesh: Mesh) -> Any:
   """`params` (global arrays) as arrays on this process's `mesh` (`local_mesh`).
 
   Where this process's shards already hold the whole array laid out as the local mesh
-  wants, the result is a view of the same buffers (no copy). Otherwise the array is
-  gathered to the host and placed on the local mesh (a copy; with fsdp across hosts).
+  wants (the processes split `data`), the result is a view of the same buffers (no copy).
+  Otherwise (fsdp across hosts) one jitted reshard on the devices gathers a copy of each
+  array into every process, laid out as the local mesh wants (`hosts_mesh`), and the
+  result is a view of that: the gather runs over the device interconnect, not the host.
   """
   if jax.process_count() == 1:
     return params
 
-  def view(x):
-    sharding = _local_sharding(x, mesh)
+  def view(x, sharding):
     want = sharding.devices_indices_map(x.shape)
     have = {s.device: s for s in x.addressable_shards}
     if all(d in have and _same_index(have[d].index, want[d], x.shape) for d in want):
       return jax.make_array_from_single_device_arrays(
         x.shape, sharding, [have[d].data for d in want]
       )
-    return jax.device_put(multihost_utils.process_allgather(x, tiled=True), sharding)
+    return None
 
-  return jax.tree.map(view, params)
+  local = jax.tree.map(lambda x: NamedSharding(mesh, x.sharding.spec), params)
+  views = jax.tree.map(view, params, local)
+  if all(v is not None for v in jax.tree.leaves(views, is_leaf=lambda v: v is None)):
+    return views
+  leaves, treedef = jax.tree.flatten(params)
+  spread = hosts_mesh(leaves[0].sharding.mesh)
+  copies = jax.device_put(leaves, [NamedSharding(spread, x.sharding.spec) for x in leaves])
+  return jax.tree.unflatten(
+    treedef,
+    [view(c, NamedSharding(mesh, x.sharding.spec)) for c, x in zip(copies, leaves, strict=True)],
+  )
 
 
 def _same_index(a, b, shape) -> bool:
