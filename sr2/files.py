@@ -40,41 +40,45 @@ def resolve(p: PathLike, root: PathLike) -> epath.Path:
 
 
 class AppendFile:
-  """A text file opened for appending, on a local disk or in an object store.
+  """A file opened for appending, on a local disk or in an object store.
 
-  Locally it is a plain append-mode file. Remotely it holds the object's text in memory and
-  writes the whole object at every `flush()` (and at `close()`), since objects cannot be
-  appended to; a reader sees every row up to the last flush.
+  Locally it is a plain append-mode file. Remotely it holds the object's contents in memory
+  and writes the whole object at every `flush()` (and at `close()`), since objects cannot be
+  appended to; a reader sees everything up to the last flush. `binary` takes bytes
+  (TensorBoard's event records) instead of text.
   """
 
-  def __init__(self, p: PathLike):
+  def __init__(self, p: PathLike, binary: bool = False):
     self.path = path(p)
     self._local = not is_remote(p)
     self._closed = False
     if self._local:
-      self._file = open(os.fspath(p), "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+      mode, encoding = ("ab", None) if binary else ("a", "utf-8")
+      self._file = open(os.fspath(p), mode, encoding=encoding)  # noqa: SIM115 (see close())
     else:
-      self._text = io.StringIO()
+      self._buffer = io.BytesIO() if binary else io.StringIO()
       if self.path.exists():
-        self._text.write(self.path.read_text(encoding="utf-8"))
-      self._dirty = False
+        self._buffer.write(self.path.read_bytes() if binary else self.path.read_text("utf-8"))
+      self._dirty = True  # the object exists after the first flush, even if empty
 
   @property
   def closed(self) -> bool:
     return self._closed
 
-  def write(self, text: str) -> None:
+  def write(self, data: str | bytes) -> None:
     if self._local:
-      self._file.write(text)
+      self._file.write(data)
     else:
-      self._text.write(text)
+      self._buffer.write(data)
       self._dirty = True
 
   def flush(self) -> None:
     if self._local:
       self._file.flush()
     elif self._dirty:
-      self.path.write_text(self._text.getvalue(), encoding="utf-8")
+      data = self._buffer.getvalue()
+      with self.path.open("wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
       self._dirty = False
 
   def close(self) -> None:
@@ -86,32 +90,11 @@ class AppendFile:
     self._closed = True
 
 
-class _RewrittenObject:
-  """A binary file in an object store, rewritten whole at every flush (TensorBoard events)."""
-
-  def __init__(self, p: str):
-    self.path = path(p)
-    self._data = io.BytesIO()
-    self._dirty = True  # an empty events file is still created at the first flush
-
-  def write(self, data: bytes) -> None:
-    self._data.write(data)
-    self._dirty = True
-
-  def flush(self) -> None:
-    if self._dirty:
-      self.path.write_bytes(self._data.getvalue())
-      self._dirty = False
-
-  def close(self) -> None:
-    self.flush()
-
-
 class _EpathEventFiles:
   """A tensorboardX writer factory that writes its event files through epath."""
 
-  def open(self, p: str) -> _RewrittenObject:
-    return _RewrittenObject(p)
+  def open(self, p: str) -> AppendFile:
+    return AppendFile(p, binary=True)
 
   def directory_check(self, p: str) -> None:
     path(p).mkdir(parents=True, exist_ok=True)
