@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from sr2.configlib import ConfigError, load_config_file
-from sr2.train.loop import load_state, train_and_evaluate
+from sr2.train.loop import train_and_evaluate
+from sr2.train.state import load_state
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
@@ -46,6 +47,19 @@ def test_job_writes_summary_and_metrics(straight):
     assert all(np.isfinite(r[key]) for r in rl), key
   assert any(r["phase"] == "sft" for r in _rows(workdir))
   assert json.loads((workdir / "summary.json").read_text()) == summary
+
+
+def test_workdir_records_the_run_and_refuses_a_changed_resume(straight):
+  workdir, _ = straight
+  assert json.loads((workdir / "config.json").read_text())["rl"]["steps"] == 2
+  run = json.loads((workdir / "run.json").read_text())
+  assert run["commit"] and run["versions"]["jax"] and run["devices"]["count"] >= 1
+  log = (workdir / "train.log").read_text()
+  assert "[sft 0] sft_loss=" in log and "[rl 2] reward=" in log
+  changed = _config(2)
+  changed.sft.steps += 1
+  with pytest.raises(ConfigError, match=r"sft\.steps: \d+ -> \d+"):
+    train_and_evaluate(changed, str(workdir))  # refused before any work
 
 
 def test_resume_gives_identical_params(straight, tmp_path):

@@ -22,11 +22,13 @@ import collections
 import dataclasses
 import os
 import pathlib
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import tqdm
 from absl import logging
 
 from sr2 import files, models
@@ -62,6 +64,7 @@ class EvalConfig:
     max_new_tokens: answer budget of `direct` and `rag`, in tokens.
     cot_max_new_tokens: budget of `cot` (reasoning + answer), in tokens.
     seed: sampling seed (unused by greedy decoding).
+    progress: a progress bar per dataset and method on stderr (process 0).
     sampling: the decoding of every method; stop strings are set per method.
     rollout: the agent's loop; `top_k`/`max_obs_tokens` also shape the `rag` documents.
     bm25: how corpus indices built here score.
@@ -78,6 +81,7 @@ class EvalConfig:
   max_new_tokens: int = 64
   cot_max_new_tokens: int = 256
   seed: int = 0
+  progress: bool = True
   sampling: SamplingConfig = SamplingConfig()
   rollout: RolloutConfig = RolloutConfig()
   bm25: BM25Config = BM25Config()
@@ -238,7 +242,15 @@ def evaluate(
     mine = starts[jax.process_index() :: jax.process_count()]
     for method in cfg.methods:
       start, records, by_batch = time.perf_counter(), [], []
-      for b in mine:
+      bar = tqdm.tqdm(
+        total=len(examples),
+        desc=f"{ds.name} {method}",
+        unit="q",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=not (cfg.progress and hosts.is_writer()),
+      )
+      for j, b in enumerate(mine):
         batch = examples[b : b + cfg.batch_size]
         kwargs = dict(retriever=retriever, rollout=cfg.rollout, batch_size=cfg.batch_size)
         key = jax.random.fold_in(rng, b)
@@ -257,14 +269,13 @@ def evaluate(
           )
         records += [_score(ex, rec) for ex, rec in zip(batch, out, strict=True)]
         by_batch.append([b, records[-len(batch) :]])
-        logging.info(
-          "%s %s: %d/%d questions, %.1fs",
-          ds.name,
-          method,
-          len(records),
-          len(examples),
-          time.perf_counter() - start,
-        )
+        # Every process runs its batch of the round alike: the bar counts the whole round.
+        done = min(len(examples), (j + 1) * jax.process_count() * cfg.batch_size)
+        bar.update(done - bar.n)
+      bar.close()
+      logging.info(
+        "%s %s: %d questions, %.1fs", ds.name, method, len(examples), time.perf_counter() - start
+      )
       if jax.process_count() > 1:
         gathered = sorted(
           (p for part in hosts.gather_json(by_batch) for p in part), key=lambda p: p[0]

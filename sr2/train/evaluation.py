@@ -57,11 +57,13 @@ def evaluate_policy(
   refiner: RefinerConfig | None = None,
   share: range | None = None,
   gather: Callable[[np.ndarray], np.ndarray] | None = None,
+  progress: Callable[[int], object] | None = None,
 ) -> dict[str, float]:
   """Greedy rollouts: EM overall and per hop count, searches, turns (and revision rate).
 
   With several processes each rolls out its `share` of `questions` and `gather` brings
-  every process's per-question results together (sr2/parallel/hosts.py).
+  every process's per-question results together (sr2/parallel/hosts.py). `progress` is
+  called with the number of questions each batch finished (e.g. a tqdm bar's `update`).
   """
   sampler = Sampler(task.model, task.tokenizer, SamplingConfig(max_len=max_len))
   agent = rollout.Agent(sampler, task.retriever, task.rollout)
@@ -77,6 +79,8 @@ def evaluate_policy(
       revised += out.revised.tolist()
     else:
       trajs += rollout.finish(state, records, task.tokenizer)
+    if progress is not None:
+      progress(len(chunk))
   rows = np.asarray(
     [
       (exact_match(t.answer, q.golds), t.num_searches, t.num_turns)

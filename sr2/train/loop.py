@@ -26,30 +26,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from sr2 import checkpoint, files
-from sr2.configlib import ConfigError
 from sr2.parallel import hosts
 from sr2.rl import batch as batch_lib
 from sr2.rl import grpo, update
 from sr2.sampling import Sampler, SamplingConfig, Temperature
-from sr2.train import samples, sft
+from sr2.train import records, samples, sft
 from sr2.train.collect import collect
 from sr2.train.evaluation import evaluate_policy, trimmer_accuracy
 from sr2.train.metrics import MetricWriter, NullWriter, plot_curves
 from sr2.train.rewards import make_reward_fn
 from sr2.train.setup import Setup, batch_rows, setup
-from sr2.train.state import TrainState, fresh_state
+from sr2.train.state import WARM_START, TrainState, borrow_warm_start, fresh_state
 from sr2.train.task import Question
-
-WARM_START = "warm_start"
-
 
 # --------------------------------------------------------------------------- one GRPO step
 
@@ -203,21 +201,24 @@ def grpo_step(s: Setup, fns: StepFns, state: TrainState) -> tuple[TrainState, di
 # --------------------------------------------------------------------------- the phases
 
 
-def _evaluate(s: Setup, params, split: str, limit: int) -> dict:
+def _evaluate(s: Setup, params, split: str, limit: int, writer) -> dict:
   """Greedy evaluation of `params` (global) on `split`; each process runs its share."""
   qs = s.task.split(split)
   qs = qs[:limit] if limit else qs
   refiner = s.refiner if s.eval.use_refiner else None
-  return evaluate_policy(
-    s.task,
-    hosts.local_params(params, s.local_mesh),
-    qs,
-    batch_size=s.eval.batch_size,
-    max_len=s.rl.max_len,
-    refiner=refiner,
-    share=hosts.uneven_share(len(qs)),
-    gather=hosts.gather,
-  )
+  share = hosts.uneven_share(len(qs))
+  with writer.task_bar(f"eval {split}", len(share)) as bar:
+    return evaluate_policy(
+      s.task,
+      hosts.local_params(params, s.local_mesh),
+      qs,
+      batch_size=s.eval.batch_size,
+      max_len=s.rl.max_len,
+      refiner=refiner,
+      share=share,
+      gather=hosts.gather,
+      progress=bar.update,
+    )
 
 
 def _judges(s: Setup) -> bool:
@@ -232,17 +233,24 @@ def _warm_start(s: Setup, state: TrainState, writer: MetricWriter) -> TrainState
   seed), and the result is placed on the global mesh.
   """
   if s.task.sft_examples and s.sft.steps:
-    params, _ = sft.run_sft(
-      s.task.model,
-      hosts.local_params(state.params, s.local_mesh),
-      s.sft_opt,
-      s.task.sft_examples,
-      steps=s.sft.steps,
-      batch_size=s.sft.batch_size,
-      pad_id=s.task.tokenizer.pad_id,
-      seed=s.seed,
-      log=lambda i, m: writer.write("sft", i, m) if i % 10 == 0 else None,
-    )
+
+    def log(i, metrics):
+      bar.update(1)
+      if i % 10 == 0:
+        writer.write("sft", i, metrics)
+
+    with writer.task_bar("SFT", s.sft.steps) as bar:
+      params, _ = sft.run_sft(
+        s.task.model,
+        hosts.local_params(state.params, s.local_mesh),
+        s.sft_opt,
+        s.task.sft_examples,
+        steps=s.sft.steps,
+        batch_size=s.sft.batch_size,
+        pad_id=s.task.tokenizer.pad_id,
+        seed=s.seed,
+        log=log,
+      )
     params = hosts.to_global(params, s.shardings.params)
   elif s.task.sft_examples:
     params = state.params
@@ -259,66 +267,42 @@ def _warm_start(s: Setup, state: TrainState, writer: MetricWriter) -> TrainState
   )
 
 
-def _borrow_warm_start(init_from, template: TrainState) -> tuple[TrainState, dict]:
-  """The starting policy another run kept (`rl.keep_warm_start`) and its evaluation."""
-  source = files.path(init_from) / WARM_START
-  if not source.is_dir():
-    raise ConfigError(
-      f"--init_from {init_from}: no {WARM_START}/ there; run it with rl.keep_warm_start=True"
-    )
-  with checkpoint.Checkpointer(source) as keep:
-    return TrainState.from_dict(keep.restore(0, like=template.as_dict())), keep.metrics(0)
-
-
-def _drop_rows_after(path, step: int) -> None:
-  """On resume: forget metric lines of steps the restored checkpoint does not include."""
-  if not path.exists():
-    return
-  keep = []
-  for line in path.read_text(encoding="utf-8").splitlines():
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError:
-      continue  # a line cut by a killed process
-    if row.get("phase") == "sft" or row.get("step", 0) <= step:
-      keep.append(line)
-  path.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
-
-
-def load_state(config, workdir: str, step: int | None = None) -> TrainState:
-  """The training state saved in `workdir` (latest step by default), for inspection."""
-  s = setup(config)
-  with checkpoint.Checkpointer(workdir) as ckpt:
-    return TrainState.from_dict(ckpt.restore(step, like=fresh_state(s).as_dict()))
-
-
 # --------------------------------------------------------------------------- the job
 
 
-def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> dict:
+def train_and_evaluate(
+  config, workdir: str, init_from: str | None = None, allow_config_change: bool = False
+) -> dict:
   """Runs the whole job (see the module docstring); returns the summary.
 
   `init_from`: a workdir whose kept warm start (`rl.keep_warm_start`) replaces this run's
   own SFT, for runs that must share a starting policy; ignored when resuming.
+  `allow_config_change`: resume even if the config differs from the run's config.json.
   """
-  # ---- Setup: config, task, checkpoints, metric files (process 0 writes files).
+  # ---- Setup: the run record, config, task, checkpoints, metric files (process 0 writes).
+  workdir = files.path(workdir)  # local or gs://
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=2)
+  resumed = ckpt.latest_step() is not None
+  if resumed:  # before any work: a changed config is refused, naming the fields
+    records.check_resume(workdir, config, allow_config_change)
   s = setup(config)
   task, rl = s.task, s.rl
-  workdir = files.path(workdir)  # local or gs://
   writes = hosts.is_writer()
   start = time.perf_counter()
+  template = fresh_state(s)
+  state = TrainState.from_dict(ckpt.restore(like=template.as_dict())) if resumed else template
   if writes:
     workdir.mkdir(parents=True, exist_ok=True)
+    log_file = records.log_to_file(workdir)
+    records.write(workdir, config, resumed_at=state.step if resumed else None)
     with files.local_dir(workdir / "tokenizer") as folder:
       task.tokenizer.save(folder)
-  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=2)
-  template = fresh_state(s)
-  resumed = ckpt.latest_step() is not None
-  state = TrainState.from_dict(ckpt.restore(like=template.as_dict())) if resumed else template
+  if resumed:
+    logging.info("resuming %s from step %d", os.fspath(workdir), state.step)
   metrics_path, summary_path = workdir / "metrics.jsonl", workdir / "summary.json"
   summary = json.loads(summary_path.read_text()) if resumed and summary_path.exists() else {}
   if writes and resumed:
-    _drop_rows_after(metrics_path, state.step)
+    records.drop_rows_after(metrics_path, state.step)
   elif writes:  # what a run killed before its first checkpoint left is redone from scratch
     metrics_path.unlink(missing_ok=True)
     summary_path.unlink(missing_ok=True)
@@ -328,21 +312,26 @@ def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> di
       summary_path.write_text(json.dumps(summary, indent=1))
 
   writer = (
-    MetricWriter(workdir, progress_total=rl.steps if rl.progress else None, progress_desc="GRPO")
+    MetricWriter(
+      workdir,
+      progress_total=rl.steps if rl.progress else None,
+      progress_desc="GRPO",
+      log=log_file.line,
+    )
     if writes
     else NullWriter()
   )
 
   # ---- Warm start: another run's (--init_from), or SFT, then the evaluation before RL.
   if not resumed and init_from:
-    state, before = _borrow_warm_start(init_from, template)
+    state, before = borrow_warm_start(init_from, template)
     summary.update(em_before_rl=before["em"], eval_before_rl=before, init_from=str(init_from))
     write_summary()
     ckpt.save(0, state.as_dict(), force=True)
     ckpt.wait()
   if state.data_state["phase"] == "init":
     state = _warm_start(s, state, writer)
-    before = _evaluate(s, state.params, s.eval.split, s.eval.limit)
+    before = _evaluate(s, state.params, s.eval.split, s.eval.limit, writer)
     summary.update(em_before_rl=before["em"], eval_before_rl=before)
     summary["warm_start_seconds"] = round(time.perf_counter() - start, 1)
     write_summary()
@@ -368,7 +357,7 @@ def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> di
     if kept and writes:
       samples.write_step(workdir, step, kept)
     if s.eval.every and step % s.eval.every == 0:
-      dev = _evaluate(s, state.params, "dev", s.eval.dev_limit)
+      dev = _evaluate(s, state.params, "dev", s.eval.dev_limit, writer)
       row.update({f"dev/{k}": v for k, v in dev.items()})
       if _judges(s):
         local = hosts.local_params(state.params, s.local_mesh)
@@ -381,7 +370,7 @@ def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> di
   ckpt.wait()
 
   # ---- Evaluation after RL, the summary and the curves.
-  after = _evaluate(s, state.params, s.eval.split, s.eval.limit)
+  after = _evaluate(s, state.params, s.eval.split, s.eval.limit, writer)
   writer.write("eval", rl.steps, {f"{s.eval.split}/{k}": v for k, v in after.items()})
   summary.update(
     em_after_rl=after["em"],
@@ -392,5 +381,6 @@ def train_and_evaluate(config, workdir: str, init_from: str | None = None) -> di
   writer.close()
   if writes:
     plot_curves(metrics_path, workdir / "curves.png")
+    records.stop_logging(log_file)
   ckpt.close()
   return summary

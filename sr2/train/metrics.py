@@ -10,8 +10,10 @@
     into "_"). Each writer opens its own events file, so a resumed run adds one;
   - the console (stderr unless `stream` is given): with `progress_total`, a plain-text tqdm bar
     advanced by the "rl" rows with reward, EM and seconds per step; other rows (and every row
-    without a bar) as one short line. Plain tqdm rather than tqdm.auto, so Colab, notebooks and
-    log files without a TTY all get the same text.
+    without a bar) as one short line. `task_bar(desc, total)` opens a bar for work between
+    rows (the SFT warm start, an evaluation). Plain tqdm rather than tqdm.auto, so Colab,
+    notebooks and log files without a TTY all get the same text;
+  - `log` (a callable): each row's short line, e.g. for the run's log file.
 `plot_curves(metrics.jsonl, png)` draws the curves with matplotlib's Agg canvas, without pyplot,
 so it neither needs a display nor changes a notebook's backend.
 
@@ -22,13 +24,14 @@ impossible.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 import numpy as np
@@ -121,6 +124,7 @@ class MetricWriter:
     progress_desc: the bar's label.
     console: False for silence (no bar, no lines).
     stream: where the console text goes; `sys.stderr` when None.
+    log: called with each row's short line (e.g. to a log file), besides the console.
   """
 
   def __init__(
@@ -132,6 +136,7 @@ class MetricWriter:
     progress_desc: str = "train",
     console: bool = True,
     stream: TextIO | None = None,
+    log: Callable[[str], None] | None = None,
   ):
     self.workdir = files.path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +156,8 @@ class MetricWriter:
       )
     self._stream = stream
     self._console = console
+    self._log = log
+    self._task = None  # the bar of `task_bar`, while open
     # The bar opens at the first "rl" row (or skip_to): rows before it, e.g. a warm start's,
     # are plain lines, and the bar's clock times RL steps only.
     self._progress = (progress_total, progress_desc) if console and progress_total else None
@@ -179,6 +186,24 @@ class MetricWriter:
     else:
       bar.update(step - bar.n)
 
+  @contextlib.contextmanager
+  def task_bar(self, desc: str, total: int):
+    """A plain-text tqdm bar for work between rows (SFT, an evaluation); yields the bar.
+
+    Advance it with `bar.update(n)`. Rows written meanwhile print above it. Without a
+    console, or with no progress bars (`progress_total` None), the bar is disabled.
+    """
+    from tqdm import tqdm
+
+    enabled = self._progress is not None and self._bar is None
+    bar = tqdm(total=total, desc=desc, file=self._out(), dynamic_ncols=True, disable=not enabled)
+    self._task = bar if enabled else None
+    try:
+      yield bar
+    finally:
+      self._task = None
+      bar.close()
+
   def write(self, phase: str, step: int, metrics: Mapping[str, Any]) -> None:
     """Writes one row; `metrics` values are numbers, numpy/JAX scalars, strings or lists."""
     if "phase" in metrics or "step" in metrics:
@@ -203,10 +228,12 @@ class MetricWriter:
         self._bar.update(step - self._bar.n)
       else:
         self._bar.refresh()
-    elif self._bar is not None:
-      self._bar.write(_line(phase, step, row), file=self._out())
+    elif (bar := self._bar or self._task) is not None:
+      bar.write(_line(phase, step, row), file=self._out())
     elif self._console:
       print(_line(phase, step, row), file=self._out(), flush=True)
+    if self._log is not None:
+      self._log(_line(phase, step, row))
 
   def flush(self) -> None:
     """Pushes pending TensorBoard events to disk (JSONL rows are flushed as written)."""
@@ -338,6 +365,14 @@ class NullWriter:
 
   def skip_to(self, step: int) -> None:
     del step
+
+  @contextlib.contextmanager
+  def task_bar(self, desc: str, total: int):
+    from tqdm import tqdm
+
+    del desc
+    with tqdm(total=total, disable=True) as bar:
+      yield bar
 
   def close(self) -> None:
     pass

@@ -13,9 +13,13 @@ from typing import Any
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from sr2 import checkpoint, files
+from sr2.configlib import ConfigError
 from sr2.parallel import hosts
 from sr2.rl import update
-from sr2.train.setup import Setup
+from sr2.train.setup import Setup, setup
+
+WARM_START = "warm_start"  # the folder where a run keeps its warm start (rl.keep_warm_start)
 
 # data_state["phase"]: "init" before the warm start, "rl" once GRPO may start.
 PHASES = ("init", "rl")
@@ -70,3 +74,21 @@ def fresh_state(s: Setup) -> TrainState:
     rng=rng,
     data_state={"phase": "init"},
   )
+
+
+def borrow_warm_start(init_from, template: TrainState) -> tuple[TrainState, dict]:
+  """The starting policy another run kept (`rl.keep_warm_start`) and its evaluation."""
+  source = files.path(init_from) / WARM_START
+  if not source.is_dir():
+    raise ConfigError(
+      f"--init_from {init_from}: no {WARM_START}/ there; run it with rl.keep_warm_start=True"
+    )
+  with checkpoint.Checkpointer(source) as keep:
+    return TrainState.from_dict(keep.restore(0, like=template.as_dict())), keep.metrics(0)
+
+
+def load_state(config, workdir: str, step: int | None = None) -> TrainState:
+  """The training state saved in `workdir` (latest step by default), for inspection."""
+  s = setup(config)
+  with checkpoint.Checkpointer(workdir) as ckpt:
+    return TrainState.from_dict(ckpt.restore(step, like=fresh_state(s).as_dict()))
