@@ -74,7 +74,7 @@ def test_qa_questions_from_flashrag_files(tmp_path):
   assert [q.id for q in task_lib._questions(root, ["qa/mini:dev"], "train", limit=1)] == ["a"]
   with pytest.raises(ConfigError, match="expected qa/<name> or multihop/<set>"):
     task_lib._questions(root, ["mini"], "train", limit=0)
-  with pytest.raises(ConfigError, match="has no file .*test.jsonl"):
+  with pytest.raises(ConfigError, match=r"has no file .*test.jsonl; expected FlashRAG JSONL"):
     task_lib._questions(root, ["qa/mini:test"], "train", limit=0)
 
 

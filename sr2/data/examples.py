@@ -147,5 +147,9 @@ def dataset_file(root, name: str, default_split: str, where: str) -> tuple[str, 
     raise ConfigError(f"{where}: {name!r}; expected qa/<name> or multihop/<set>[:split]")
   path = root / kind / set_name / f"{split or default_split}.jsonl"
   if not path.is_file():
-    raise ConfigError(f"{where}: {name!r} has no file {path}")
+    raise ConfigError(
+      f"{where}: {name!r} has no file {path}; expected FlashRAG JSONL there, one "
+      '{"id", "question", "golden_answers": [...]} object per line'
+      + (' with "paragraphs": [{"title", "text", "is_supporting"}]' if kind == "multihop" else "")
+    )
   return kind, set_name, path
