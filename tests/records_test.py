@@ -60,19 +60,28 @@ def test_resume_with_a_changed_field_is_refused_naming_it(tmp_path):
   records.check_resume(tmp_path / "elsewhere", _config(lr=1e-2))  # no record: nothing to check
 
 
-def test_log_file_gets_absl_logging_and_lines(tmp_path):
+def _log(message, level=logging.INFO, path=records.__file__):
+  """An absl record as if logged from `path` (by default a module of sr2)."""
+  record = logging.LogRecord("absl", level, path, 1, message, None, None)
+  absl_logging.get_absl_logger().handle(record)
+
+
+def test_log_file_gets_sr2_logging_and_lines(tmp_path):
   handler = records.log_to_file(tmp_path / "a")
-  absl_logging.info("hello %d", 1)
+  _log("hello 1")
   handler.line("[rl 1] reward=0.5")
   second = records.log_to_file(tmp_path / "b")  # replaces the first
-  absl_logging.info("second run")
+  _log("second run")
+  _log("chatter", path="/site-packages/orbax/x.py")  # another library's INFO: left out
+  _log("beware", logging.WARNING, path="/site-packages/orbax/x.py")  # its warning: kept
   records.stop_logging(second)
-  absl_logging.info("after the run")
+  _log("after the run")
   first = (tmp_path / "a" / "train.log").read_text()
   assert "INFO hello 1" in first and "INFO [rl 1] reward=0.5" in first
   assert "second run" not in first
-  assert "second run" in (tmp_path / "b" / "train.log").read_text()
-  assert "after the run" not in (tmp_path / "b" / "train.log").read_text()
+  log_b = (tmp_path / "b" / "train.log").read_text()
+  assert "second run" in log_b and "WARNING beware" in log_b
+  assert "chatter" not in log_b and "after the run" not in log_b
   logger = absl_logging.get_absl_logger()
   assert not [h for h in logger.handlers if isinstance(h, records._LogFile)]
   assert logging.INFO >= logger.getEffectiveLevel()

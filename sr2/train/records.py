@@ -4,7 +4,8 @@
   run.json     {"commit", "dirty", "versions", "devices", "argv", "started"} of the first
                start, and under "resumes" the same (less the versions when unchanged) for
                each resume with the step it resumed from;
-  train.log    process 0's absl logging (INFO and up) and the console's metric lines.
+  train.log    process 0's absl logging (sr2's from INFO, other libraries' from WARNING)
+               and the console's metric lines.
 
 A resume compares the config with config.json and refuses a difference, naming each field,
 unless the caller allows it (`--allow_config_change`); the fields in `RESUMABLE` may
@@ -146,6 +147,14 @@ def write(workdir: files.PathLike, config, resumed_at: int | None) -> dict[str, 
   return record
 
 
+_SR2 = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the sr2 package
+
+
+def _ours_or_warnings(record: logging.LogRecord) -> bool:
+  """sr2's own records at any level; other libraries' (Orbax's INFO chatter) from WARNING."""
+  return record.levelno >= logging.WARNING or record.pathname.startswith(_SR2)
+
+
 class _LogFile(logging.Handler):
   """A logging handler appending formatted records to a local or gs:// file."""
 
@@ -153,6 +162,7 @@ class _LogFile(logging.Handler):
     self._file = files.AppendFile(path)  # first: a handler that failed to open is not registered
     super().__init__()
     self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    self.addFilter(_ours_or_warnings)
 
   def emit(self, record: logging.LogRecord) -> None:
     self._file.write(self.format(record) + "\n")
@@ -168,10 +178,14 @@ class _LogFile(logging.Handler):
 
 
 def log_to_stdout() -> None:
-  """absl logging at INFO to stdout (an entry point's choice; absl's default is stderr)."""
+  """absl logging to stdout (an entry point's choice; absl's default is stderr): sr2's own
+  records from INFO, other libraries' from WARNING."""
   from absl import logging as absl_logging
 
-  absl_logging.get_absl_handler().python_handler.stream = sys.stdout
+  handler = absl_logging.get_absl_handler()
+  handler.python_handler.stream = sys.stdout
+  if _ours_or_warnings not in handler.filters:
+    handler.addFilter(_ours_or_warnings)
   absl_logging.set_verbosity(absl_logging.INFO)
 
 
