@@ -30,6 +30,9 @@ Arms (one switch each, so rows differ only in what they name):
                  beyond the paper: mr and search_r2 with the refiner's question put after
                  the Actor's own trajectory (refiner.prompt="continuation"), which reads
                  the rollout's KV cache instead of encoding a Table-12 prompt
+  mr_oracle      beyond the paper: mr with the oracle Meta-Refiner (refiner.judge="oracle";
+                 tiny_world only), which revises exactly the flawed trajectories and cuts
+                 at their first flaw: the mechanism's ceiling
 """
 
 import importlib.util
@@ -41,7 +44,7 @@ from sr2.data.examples import default_data_root
 
 BACKBONES = ("tiny_world", "smollm2", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct")
 ARMS = ("search_r1", "mr", "mr_pr", "search_r2", "nmax1", "nmax2", "nmax3", "nmax4")
-ARMS += ("search_r1_g10", "search_r2_dw", "mr_cont", "search_r2_cont")
+ARMS += ("search_r1_g10", "search_r2_dw", "mr_cont", "search_r2_cont", "mr_oracle")
 _PROCESS_ARMS = ("mr_pr", "search_r2", "search_r2_dw", "search_r2_cont")  # lexical judge
 DECISION_WEIGHT_DW = 0.02  # ~ the Actor's / the decisions' gradient norm, seed-0 search_r2
 _PAPER_SOURCES = {
@@ -137,10 +140,13 @@ def get_config(arg: str = "tiny_world,search_r2") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
   if arm not in ARMS:
     raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
+  if arm == "mr_oracle" and backbone != "tiny_world":
+    raise ValueError("arm 'mr_oracle' needs the world's gold plans: backbone tiny_world only")
   c = _tiny_world(variant or "default") if backbone == "tiny_world" else _qa(backbone)
   r, w = c.refiner, c.reward
   r.enabled = arm not in ("search_r1", "search_r1_g10")
   r.joint = arm in ("search_r2", "search_r2_dw", "search_r2_cont")
+  r.judge = "oracle" if arm == "mr_oracle" else "policy"
   r.prompt = "continuation" if arm.endswith("_cont") else "table12"
   r.decision_weight = DECISION_WEIGHT_DW if arm == "search_r2_dw" else 1.0
   r.max_revisions = int(arm[4:]) if arm.startswith("nmax") else 1

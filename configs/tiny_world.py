@@ -39,6 +39,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       ),
       vocab_size=1024 if smoke else 2048,  # BPE vocabulary trained on the world's text
       tokenizer_gold_texts=50 if smoke else 300,  # rendered gold trajectories in tokenizer text
+      judge_demos=0,  # train questions whose judgement demonstrations (gold + one flawed plan)
+      # join the warm start: the Meta-Refiner's task learned in SFT (0 = none, the paper's)
       stop_short=0.0 if smoke else 0.6,  # share of multi-hop SFT demonstrations that answer
       # one hop early: the decision error GRPO corrects (results/README.md: the main job)
     )
@@ -119,6 +121,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   c.refiner = ml_collections.ConfigDict(
     dict(
       enabled=False,  # the Search-R1 baseline; configs/search_r2.py turns it on
+      judge="policy",  # who judges: policy (the paper) | oracle (the world's gold plans)
       max_revisions=1,  # N_max
       margin=0.0,  # revise iff log p(revise) - log p("0") >= margin
       aggregate="logsumexp",  # p(revise): logsumexp | max over the steps

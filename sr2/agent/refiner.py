@@ -43,6 +43,7 @@ from sr2.models.config import ModelConfig
 from sr2.sampling import Sampler, SamplingState
 
 AGGREGATES = ("logsumexp", "max")
+JUDGES = ("policy", "oracle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,9 @@ class RefinerConfig:
 
   Attributes:
     enabled: run it during training rollouts (the "+MR" arms and Search-R2).
+    judge: "policy", the policy's own weights judge (the paper); "oracle", the world's
+      gold plans judge instead (`sr2/agent/oracle.py`): the mechanism's ceiling, on tasks
+      that know their plans, with `joint` off (its decisions are not the policy's).
     max_revisions: N_max, judge-and-revise rounds per trajectory (paper: 1; Table 4: 1-4).
     margin: revise iff log p(revise) − log p("0") ≥ margin (paper: 0.0).
     aggregate: "logsumexp" (mass over 1..n) or "max" (best single index) for p(revise).
@@ -77,6 +81,7 @@ class RefinerConfig:
   """
 
   enabled: bool = False
+  judge: str = "policy"
   max_revisions: int = 1
   margin: float = 0.0
   aggregate: str = "logsumexp"
@@ -91,6 +96,13 @@ class RefinerConfig:
       isinstance(self.max_revisions, int) and self.max_revisions >= 1
     ):
       raise ValueError(f"refiner.max_revisions={self.max_revisions!r}; expected an int >= 1")
+    if self.judge not in JUDGES:
+      raise ValueError(f"refiner.judge={self.judge!r}; expected one of {JUDGES}")
+    if self.judge == "oracle" and self.joint:
+      raise ValueError(
+        "refiner.judge='oracle' needs refiner.joint=False: the oracle's decisions are not "
+        "the policy's samples, so they cannot join the GRPO batch"
+      )
     if self.prompt not in PROMPTS:
       raise ValueError(f"refiner.prompt={self.prompt!r}; expected one of {PROMPTS}")
     if self.aggregate not in AGGREGATES:

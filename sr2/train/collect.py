@@ -128,6 +128,7 @@ def collect(
   texts = [q.question for q in questions]
   n = len(questions)
   size = task.rollout.batch_rows or n
+  judge = task.judge_fn(refiner)  # None: the policy judges
 
   def run_chunk(rows: range) -> _Chunk:
     """The Actor's rollouts of `rows`, then the Meta-Refiner if enabled."""
@@ -143,7 +144,8 @@ def collect(
     snapshot = (jax.tree.map(jnp.copy, state), copy.deepcopy(records)) if probe else None
     t1 = time.perf_counter()
     np_rng = np.random.default_rng([*seed, first_row + rows.start])
-    out = refine(agent, params, state, records, [texts[i] for i in rows], refiner, rng=np_rng)
+    asked = [texts[i] for i in rows]
+    out = refine(agent, params, state, records, asked, refiner, rng=np_rng, judge_fn=judge)
     m["refine_s"] = time.perf_counter() - t1
     m["judge_s"], m["regenerate_s"] = out.judge_s, out.regenerate_s
     return _Chunk(rows, out.trajectories, out.drafts, out.decisions, snapshot, m)

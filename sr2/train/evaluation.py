@@ -74,7 +74,8 @@ def evaluate_policy(
     prompts = [task.prompt_ids(q) for q in chunk]
     state, records = rollout.run(agent, params, prompts, batch=batch_size)
     if refiner is not None:
-      out = refine(agent, params, state, records, [q.question for q in chunk], refiner)
+      texts = [q.question for q in chunk]
+      out = refine(agent, params, state, records, texts, refiner, judge_fn=task.judge_fn(refiner))
       trajs += out.trajectories
       revised += out.revised.tolist()
     else:
@@ -113,11 +114,14 @@ def trimmer_accuracy(
   flagged, the flagged step is the known one; trim_recall: the same over all corrupted
   ones (a missed flag counts as wrong); per corruption kind too.
   """
-  decisions = []
+  decisions, oracle = [], task.judge_fn(config)
   for i in range(0, len(cases), batch_size):
     chunk = cases[i : i + batch_size]
     items = [(c.question, list(c.steps)) for c in chunk]
-    decisions += judge(task.model, params, task.tokenizer, items, config, rng=None)
+    if oracle is not None:
+      decisions += oracle(items, None)
+    else:
+      decisions += judge(task.model, params, task.tokenizer, items, config, rng=None)
   flawed = np.asarray([c.flawed_step for c in cases])
   step = np.asarray([d.step if d is not None else 0 for d in decisions])
   bad = flawed > 0

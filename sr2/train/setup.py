@@ -135,6 +135,7 @@ def setup(config) -> Setup:
   except ValueError as e:
     raise ConfigError(f"config.mesh / processes: {e}") from None
   task = build_task(config)
+  task.judge_fn(typed["refiner"])  # an oracle refiner on a task without plans: named here
   rows = batch_rows(typed["rl"], typed["grpo"], typed["refiner"])
   shardings = update.make_shardings(task.model, typed["opt"], mesh, batch_rows=rows)
   return Setup(

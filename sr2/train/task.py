@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sr2 import files, models
+from sr2.agent import refiner_prompts
+from sr2.agent.oracle import GoldPlan, oracle_judge
 from sr2.agent.rollout import RolloutConfig
 from sr2.configlib import ConfigError, from_config
 from sr2.data import WorldConfig, actor_prompt, build_world
@@ -74,11 +76,21 @@ class Task:
   init_params: Callable[[int], Any]
   sft_examples: list[sft.Example | sft.Choice] = dataclasses.field(default_factory=list)
   judge_cases: list[JudgeCase] = dataclasses.field(default_factory=list)
+  # Question text -> its gold plan, where known (the world): what the oracle refiner reads.
+  gold_plans: dict[str, GoldPlan] = dataclasses.field(default_factory=dict)
 
   def split(self, name: str) -> Sequence[Question]:
     if name not in self.splits:
       raise ConfigError(f"no split {name!r}; this task has {sorted(self.splits)}")
     return self.splits[name]
+
+  def judge_fn(self, refiner) -> Callable | None:
+    """What judges in place of the policy (`refine(judge_fn=)`): the oracle, or None."""
+    if refiner.judge != "oracle":
+      return None
+    if not self.gold_plans:
+      raise ConfigError("config.refiner.judge='oracle' needs the world's gold plans (tiny_world)")
+    return oracle_judge(self.gold_plans, self.tokenizer)
 
   def prompt_ids(self, question: Question) -> list[int]:
     return self.tokenizer.encode(actor_prompt(question.question))
@@ -138,12 +150,50 @@ def world_task(config, rollout: RolloutConfig) -> Task:
   )
   search = task.search_text
   task.sft_examples = [_demonstration(q, tok, search, stop_short) for q in train]
+  task.sft_examples += _judgements(config, train, tok, search)
   cases = []
   for q in world.split("dev")[: config.data.get("judge_cases", 64)]:
     for t in (q.gold, *q.corrupted):
       cases.append(JudgeCase(q.question, tuple(render_steps(t, search)), t.flawed_step, t.kind))
   task.judge_cases = cases
+  task.gold_plans = _gold_plans(world)
   return task
+
+
+def _gold_plans(world) -> dict[str, GoldPlan]:
+  """Question text -> `GoldPlan` over every split; the same text must mean the same plan."""
+  plans: dict[str, GoldPlan] = {}
+  for split in ("train", "dev", "test"):
+    for q in world.split(split):
+      queries = tuple(s.query for s in q.gold.steps if s.query is not None)
+      plan = GoldPlan(queries, (q.answer,))
+      if plans.setdefault(q.question, plan) != plan:
+        raise ValueError(f"two world questions read {q.question!r} with different gold plans")
+  return plans
+
+
+def _judgements(config, train, tok, search) -> list[sft.Example]:
+  """Judgement demonstrations (`config.data.judge_demos` train questions, two each).
+
+  Each shows the Meta-Refiner's task on a question's gold plan and on one of its corrupted
+  plans (the kinds in turn): the refiner prompt in `config.refiner.prompt`'s form over the
+  rendered steps, then the digit of the first flawed step (0 for gold), the one token
+  trained. A warm start that learns them judges with a measurable precision before RL, as
+  a pretrained LLM's judge would; the gate's accuracy is measured on dev questions.
+  """
+  n = config.data.get("judge_demos", 0)
+  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    raise ConfigError(f"config.data.judge_demos must be an int >= 0, got {n!r}")
+  form = config.get("refiner", {}).get("prompt", "table12")
+  with_flaws = [q for q in train if q.corrupted]
+  out = []
+  for i, q in enumerate(with_flaws[:n]):
+    for plan in (q.gold, q.corrupted[i % len(q.corrupted)]):
+      steps = render_steps(plan, search)
+      ids = refiner_prompts.prompt_ids(tok, q.question, steps, form)
+      target = refiner_prompts.choice_ids(tok, len(steps))[plan.flawed_step]
+      out.append(sft.example_from_segments(ids, [([target], True)]))
+  return out
 
 
 def _demonstration(q, tok, search, stop_short: float) -> sft.Example | sft.Choice:
