@@ -44,6 +44,34 @@ def test_world_judge_cases_carry_the_known_first_flaw(world):
     assert all(o is not None for _, o in c.steps[:-1])
 
 
+def test_judgement_demonstrations_carry_the_worlds_flaw_indices():
+  from sr2.agent.refiner_prompts import prompt_ids
+  from sr2.data import WorldConfig, build_world
+  from sr2.data.trajectories import render_steps
+
+  c = load_config_file(CONFIGS / "tiny_world.py", "smoke")
+  c.data.judge_demos = 5
+  task = task_lib.build_task(c)
+  train = task.split("train")
+  demos = task.sft_examples[len(train) :]
+  assert len(demos) == 10 and all(sum(e.mask) == 1 and e.mask[-1] == 1 for e in demos)
+  # The same world, rebuilt: demonstration 2i is question i's gold plan, 2i+1 a corrupted
+  # one (kinds in turn); the trained token is the digit of its first flawed step.
+  world = build_world(task_lib.from_config(WorldConfig, c.data.world, "config.data.world"))
+  plans = []
+  for i, q in enumerate([q for q in world.split("train") if q.corrupted][:5]):
+    plans += [(q, q.gold), (q, q.corrupted[i % len(q.corrupted)])]
+  assert {p.kind for _, p in plans} >= {"gold", "wrong_query", "misread"}
+  tok = task.tokenizer
+  for e, (q, plan) in zip(demos, plans, strict=True):
+    assert tok.decode([e.ids[-1]]) == str(plan.flawed_step)
+    steps = render_steps(plan, task.search_text)
+    assert list(e.ids[:-1]) == prompt_ids(tok, q.question, steps, "table12")
+  c.data.judge_demos = -1
+  with pytest.raises(ConfigError, match="judge_demos must be an int >= 0, got -1"):
+    task_lib.build_task(c)
+
+
 def test_unknown_split_and_source_are_named(world):
   with pytest.raises(ConfigError, match="no split 'nope'"):
     world.split("nope")
