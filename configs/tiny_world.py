@@ -98,6 +98,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       logprob_chunk=0 if smoke else 128,  # LM-head positions per chunk in the loss; 0 = off
       micro_batch_rows=4 if smoke else 10,  # rows per forward/backward, gradients summed;
       # the same update, less memory (and 1.6x faster here: BENCHMARKS.md); 0 = all rows
+      decision_balance="none",  # joint: Actor vs decision gradients: none (sum) | clip | ratio
+      decision_balance_scale=1.0,  # clip: each norm cap; ratio: decisions <= this x Actor
     )
   )
   c.opt = ml_collections.ConfigDict(

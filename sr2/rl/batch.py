@@ -89,6 +89,8 @@ def assemble_batch(
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """The host batch of one update (`policy_batch` layout) and its composition.
 
+  With `decisions` the batch also holds "decision" [rows]: 1.0 on the decision rows.
+
   Args:
     trajectories: the final trajectories, one per rollout row.
     advantages: their advantages.
@@ -114,6 +116,9 @@ def assemble_batch(
   length = length or bucket(longest, buckets)
   prompts, responses, masks, logps, adv = zip(*samples, strict=True)
   batch = policy_batch(prompts, responses, masks, logps, np.asarray(adv), pad_id, length)
+  if decisions is not None:  # which rows are decisions, for grpo.decision_balance
+    batch["decision"] = np.zeros(rows, np.float32)
+    batch["decision"][len(trajectories) : n_real] = 1.0
   info = {
     "batch_rows": float(n_real),
     "decision_rows": float(n_real - len(trajectories)),

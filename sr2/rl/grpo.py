@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from sr2.configlib import ConfigError, check_choices, check_ints
+from sr2.rl.balance import BALANCES
 
 AGG_MODES = ("seq-mean-token-mean", "token-mean")
 KL_KINDS = ("k1", "k3")
@@ -202,6 +203,11 @@ class GRPOConfig:
   nonfinite: str = "skip"  # a NaN/Inf loss or gradient: "skip" the update, or "stop"
   logprob_chunk: int = 0  # positions per chunk of the LM head in the loss; 0 = unchunked
   micro_batch_rows: int = 0  # rows per forward/backward pass, gradients summed; 0 = all
+  # Joint optimisation: how the Actor's and the decisions' gradients combine (rl/balance.py):
+  # "none" (their sum, the paper) | "clip" (each clipped to the scale) | "ratio" (decisions
+  # at most scale x the Actor's norm).
+  decision_balance: str = "none"
+  decision_balance_scale: float = 1.0
 
   def __post_init__(self):
     check_ints(self, "grpo", ("group_size",), minimum=2)
@@ -212,6 +218,7 @@ class GRPOConfig:
     if not self.kl_coef >= 0:
       raise ConfigError(f"grpo.kl_coef={self.kl_coef}; expected >= 0")
     choices = {"kl_kind": KL_KINDS, "loss_agg": AGG_MODES, "nonfinite": NONFINITE_POLICIES}
+    choices["decision_balance"] = BALANCES
     check_choices(self, "grpo", choices)
     if not self.adv_eps > 0:
       raise ConfigError(f"grpo.adv_eps={self.adv_eps}; expected > 0")
@@ -225,6 +232,13 @@ class GRPOConfig:
       )
     if self.logprob_chunk < 0:
       raise ConfigError(f"grpo.logprob_chunk={self.logprob_chunk}; expected >= 0 (0 = off)")
+    if not self.decision_balance_scale > 0:
+      raise ConfigError(f"grpo.decision_balance_scale={self.decision_balance_scale}; expected > 0")
+    if self.decision_balance != "none" and self.entropy_coef:
+      raise ConfigError(
+        f"grpo.decision_balance={self.decision_balance!r} needs grpo.entropy_coef=0: the "
+        "entropy bonus is a mean over all rows, not split between the two gradients"
+      )
 
 
 def grpo_loss(

@@ -18,9 +18,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sr2.models import transformer
 from sr2.models.config import ModelConfig
 from sr2.parallel import AxisRules, tree_shardings
-from sr2.rl import grpo, logprobs, micro
+from sr2.rl import balance, grpo, logprobs, micro
 
-BATCH_KEYS = ("tokens", "mask", "old_logp", "ref_logp", "adv")
+BATCH_KEYS = ("tokens", "mask", "old_logp", "ref_logp", "adv")  # + "decision" when joint
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
@@ -49,8 +49,12 @@ def reference_logprobs(
   return out_KxMxT.swapaxes(0, 1).reshape(rows, t - 1)
 
 
-def _loss(model, cfg, params, mb):
-  """`grpo.grpo_loss` of rows `mb` under `params`: (loss, metrics)."""
+def _loss(model, cfg, params, mb, masks=()):
+  """`grpo.grpo_loss` of rows `mb` under `params`: (loss, metrics).
+
+  With `masks`, also the loss's metrics over each of those masks (parts of `mb["mask"]`)
+  from the same forward pass: ((loss, metrics), [metrics per mask]).
+  """
   logp, entropy = logprobs.token_logprobs(
     model,
     params,
@@ -62,7 +66,63 @@ def _loss(model, cfg, params, mb):
   if not cfg.entropy_coef:
     entropy = jax.lax.stop_gradient(entropy)  # logged only
   ref = mb["ref_logp"] if cfg.kl_coef else None
-  return grpo.grpo_loss(logp, mb["old_logp"], ref, mb["adv"], mb["mask"], cfg, entropy=entropy)
+  loss = lambda mask: grpo.grpo_loss(
+    logp, mb["old_logp"], ref, mb["adv"], mask, cfg, entropy=entropy
+  )
+  if not masks:
+    return loss(mb["mask"])
+  return loss(mb["mask"]), [loss(m)[1] for m in masks]
+
+
+def _split(mb, rows: int):
+  """`mb`'s rows as K micro-batches of `rows` (row k + jK in micro-batch k): [K, rows, ...]."""
+  k = mb["tokens"].shape[0] // rows
+  return {name: v.reshape(rows, k, *v.shape[1:]).swapaxes(0, 1) for name, v in mb.items()}
+
+
+def grouped_loss_and_grads(model, cfg, params, mb):
+  """((loss, metrics), grads) with the Actor's and the decisions' gradients balanced.
+
+  `mb["decision"]` [B] marks the refiner's decision rows. Each micro-batch runs one forward
+  pass and two backward passes (`jax.vjp`): the gradient of the Actor rows' part of the
+  loss and that of the decision rows' part, which add up to the loss's own gradient; the
+  parts are weighted as pieces of the mini-batch (`micro.weights` over the 2K pieces).
+  `balance.combine` joins the two sums by `cfg.decision_balance`.
+  """
+  size = cfg.micro_batch_rows or mb["tokens"].shape[0]
+  slices = _split(mb, size)
+  k = slices["tokens"].shape[0]
+  is_dec = slices["decision"][..., None] > 0
+  parts = jnp.stack([jnp.where(is_dec, 0, slices["mask"]), jnp.where(is_dec, slices["mask"], 0)])
+  w_2xK, u_2xK = (
+    x.reshape(2, k) for x in micro.weights(parts.reshape(2 * k, size, -1), cfg.loss_agg)
+  )
+
+  def one(carry, xs):
+    m, parts_m, w, u = xs
+
+    def objectives(p):
+      (_, metrics), (actor, decision) = _loss(model, cfg, p, m, masks=(parts_m[0], parts_m[1]))
+      obj = (micro.objective(actor, w[0], u[0], cfg), micro.objective(decision, w[1], u[1], cfg))
+      return obj, metrics
+
+    obj, pull, metrics = jax.vjp(objectives, params, has_aux=True)
+    g_a, g_d = (
+      pull((jnp.float32(1.0), jnp.float32(0.0)))[0],
+      pull((jnp.float32(0.0), jnp.float32(1.0)))[0],
+    )
+    add = lambda acc, g: jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g)
+    return (add(carry[0], g_a), add(carry[1], g_d)), (obj[0] + obj[1], metrics)
+
+  zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
+  xs = (slices, parts.swapaxes(0, 1), w_2xK.T, u_2xK.T)
+  (g_a, g_d), (obj_K, metrics_K) = jax.lax.scan(one, (zeros, zeros), xs)
+  grads, extra = balance.combine(g_a, g_d, cfg.decision_balance, cfg.decision_balance_scale)
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+  metrics = micro.merge_metrics(
+    metrics_K, obj_K, slices["mask"], mb["adv"], mb["mask"], cfg.loss_agg
+  )
+  return (metrics["loss"], {**metrics, **extra}), grads
 
 
 def loss_and_grads(model, cfg, params, mb):
@@ -80,10 +140,13 @@ def loss_and_grads(model, cfg, params, mb):
   size = cfg.micro_batch_rows or rows
   if rows % size:
     raise ValueError(f"{rows} rows do not split into micro-batches of {size} rows")
+  if cfg.decision_balance != "none" and "decision" in mb:
+    return grouped_loss_and_grads(model, cfg, params, mb)
+  mb = {name: v for name, v in mb.items() if name != "decision"}
   k = rows // size
   if k == 1:
     return jax.value_and_grad(lambda p: _loss(model, cfg, p, mb), has_aux=True)(params)
-  slices = {name: v.reshape(size, k, *v.shape[1:]).swapaxes(0, 1) for name, v in mb.items()}
+  slices = _split(mb, size)
   w_K, u_K = micro.weights(slices["mask"], cfg.loss_agg)
 
   def one(grads, xs):
@@ -194,7 +257,7 @@ def make_shardings(
   rows = rules.spec(("batch",), (batch_rows or mesh.size,), mesh)[0]
   two_d = NamedSharding(mesh, PartitionSpec(rows, None))
   batch = {k: two_d for k in ("tokens", "mask", "old_logp", "ref_logp")}
-  batch["adv"] = NamedSharding(mesh, PartitionSpec(rows))
+  batch["adv"] = batch["decision"] = NamedSharding(mesh, PartitionSpec(rows))
   return Shardings(params, opt_state, batch)
 
 
