@@ -106,6 +106,7 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
   c.rl.prompts_per_step = 512 if paper else 4
   c.rl.max_len = 15000 if paper else 2560  # paper: context cap 15,000 tokens
   c.rl.checkpoint_every = 25 if paper else 10
+  c.rl.export_hf = not paper  # a 7-32B HF copy of the policy, twice a run, only on request
   c.grpo.group_size = 5
   c.grpo.kl_coef = 0.001
   c.grpo.num_minibatches = 1  # paper: mini-batch 512 prompts = the whole step

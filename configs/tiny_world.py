@@ -82,6 +82,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       probe_every=0,  # steps between the drivers' probes (Meta-Refiner runs only)
       progress=not smoke,  # progress bar on the console
       keep_warm_start=True,  # keep the SFT policy in DIR/warm_start (for --init_from)
+      export_hf=True,  # DIR/warm_start/hf and DIR/final/hf: HF checkpoint directories
       trajectories_every=1 if smoke else 10,  # steps between DIR/trajectories/step_N.jsonl
       trajectories_rows=8,  # rollouts per trajectories file (the step's first rows)
     )

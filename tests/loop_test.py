@@ -62,6 +62,22 @@ def test_workdir_records_the_run_and_refuses_a_changed_resume(straight):
     train_and_evaluate(changed, str(workdir))  # refused before any work
 
 
+def test_warm_start_and_final_policy_are_hf_checkpoints(straight):
+  """rl.export_hf: both load in sr2 with the run's params, and in HF transformers."""
+  import transformers
+
+  from sr2 import models
+
+  workdir, _ = straight
+  final = models.load(workdir / "final" / "hf")
+  state = load_state(_config(2), str(workdir))
+  for a, b in zip(jax.tree.leaves(final.params), jax.tree.leaves(state.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  warm = models.load(workdir / "warm_start" / "hf")
+  assert warm.config == final.config and warm.tokenizer.encode("x") == final.tokenizer.encode("x")
+  assert transformers.AutoModelForCausalLM.from_pretrained(workdir / "final" / "hf")
+
+
 def test_resume_gives_identical_params(straight, tmp_path):
   """2 steps straight vs 1 step, a new process state, then resume to 2: bitwise equal."""
   workdir, _ = straight

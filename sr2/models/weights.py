@@ -99,7 +99,7 @@ def config_from_hf(cfg: Mapping[str, Any], dtype: str = "float32") -> ModelConfi
   )
 
 
-def _hf_layout(config: ModelConfig) -> dict[str, tuple[tuple[str, ...], Callable]]:
+def hf_layout(config: ModelConfig) -> dict[str, tuple[tuple[str, ...], Callable]]:
   """HF tensor name -> (path into the sr2 params, function from HF array to sr2 array)."""
   d, h, k, dh = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim
   out: dict[str, tuple[tuple[Any, ...], Callable]] = {
@@ -141,7 +141,7 @@ def params_from_hf(config: ModelConfig, get: Callable[[str], Any], names: set[st
   Returns:
     The params pytree, checked against `transformer.param_shapes(config)`.
   """
-  layout = _hf_layout(config)
+  layout = hf_layout(config)
   missing = sorted(n for n in layout if n not in names)
   if missing:
     raise WeightsError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:4]}")

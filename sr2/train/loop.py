@@ -36,6 +36,7 @@ import numpy as np
 from absl import logging
 
 from sr2 import checkpoint, files
+from sr2.models import export
 from sr2.parallel import hosts
 from sr2.rl import batch as batch_lib
 from sr2.rl import grpo, update
@@ -221,6 +222,14 @@ def _evaluate(s: Setup, params, split: str, limit: int, writer) -> dict:
     )
 
 
+def _export(s: Setup, params, path) -> None:
+  """The policy as an HF checkpoint directory (`rl.export_hf`), written by process 0."""
+  if s.rl.export_hf:
+    local = hosts.local_params(params, s.local_mesh)  # every process takes part
+    if hosts.is_writer():
+      export.save_hf_dir(path, s.task.model, local, s.task.tokenizer)
+
+
 def _judges(s: Setup) -> bool:
   """Whether the run measures its gate and Trimmer (a refiner run on the synthetic world)."""
   return bool(s.task.judge_cases) and s.refiner.enabled
@@ -341,6 +350,7 @@ def train_and_evaluate(
     if rl.keep_warm_start:
       with checkpoint.Checkpointer(workdir / WARM_START) as keep:
         keep.save(0, state.as_dict(), metrics=before, force=True)
+    _export(s, state.params, workdir / WARM_START / "hf")
   if _judges(s) and state.step == 0 and "trimmer_before_rl" not in summary:
     # The starting policy's gate and Trimmer (evaluated every `eval.every` steps after).
     summary["trimmer_before_rl"] = trimmer_accuracy(
@@ -379,6 +389,7 @@ def train_and_evaluate(
   )
   write_summary()
   writer.close()
+  _export(s, state.params, workdir / "final" / "hf")
   if writes:
     plot_curves(metrics_path, workdir / "curves.png")
     records.stop_logging(log_file)

@@ -44,6 +44,8 @@ class RLConfig:
     trajectories_every: steps between samples of the rollouts written to
       `workdir/trajectories/step_N.jsonl` (train/samples.py); 0 = never.
     trajectories_rows: rollouts in each sample (the step's first rows).
+    export_hf: write the starting policy and the final one as HF checkpoint directories,
+      `workdir/warm_start/hf` and `workdir/final/hf` (sr2/models/export.py).
   """
 
   steps: int = 100
@@ -57,6 +59,7 @@ class RLConfig:
   keep_warm_start: bool = False
   trajectories_every: int = 0
   trajectories_rows: int = 8
+  export_hf: bool = False
 
   def __post_init__(self):
     names = ("steps", "prompts_per_step", "max_len", "checkpoint_every", "log_every")
