@@ -290,14 +290,14 @@ def train_and_evaluate(
   """
   # ---- Setup: the run record, config, task, checkpoints, metric files (process 0 writes).
   workdir = files.path(workdir)  # local or gs://
-  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=2)
-  resumed = ckpt.latest_step() is not None
-  if resumed:  # before any work: a changed config is refused, naming the fields
+  if records.has_checkpoint(workdir):  # before any work: a changed config is refused by name
     records.check_resume(workdir, config, allow_config_change)
   s = setup(config)
   task, rl = s.task, s.rl
   writes = hosts.is_writer()
   start = time.perf_counter()
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=2)
+  resumed = ckpt.latest_step() is not None
   template = fresh_state(s)
   state = TrainState.from_dict(ckpt.restore(like=template.as_dict())) if resumed else template
   if writes:
