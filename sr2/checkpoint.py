@@ -99,6 +99,18 @@ def _split(state: Mapping[str, Any]) -> tuple[dict, dict]:
   return arrays, dict(data)
 
 
+def has_checkpoint(workdir: str | os.PathLike) -> bool:
+  """Whether `<workdir>/checkpoints` holds a finished step, found without creating anything.
+
+  Orbax names a finished step's folder by its number; an unfinished save carries a
+  temporary suffix.
+  """
+  from etils import epath
+
+  folder = epath.Path(workdir) / "checkpoints"
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
 class Checkpointer:
   """Saves and restores training states under `<workdir>/checkpoints/<step>`.
 

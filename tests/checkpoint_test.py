@@ -217,3 +217,11 @@ def test_sigkill_mid_save_keeps_last_complete(tmp_path):
   base = np.arange(4 * 2**20, dtype=np.float32)
   for i, x in enumerate(restored["params"]):
     assert np.asarray(x).tobytes() == (base + step + i).tobytes()
+
+
+def test_has_checkpoint_needs_a_finished_step(tmp_path):
+  assert not checkpoint.has_checkpoint(tmp_path)
+  (tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-12").mkdir(parents=True)
+  assert not checkpoint.has_checkpoint(tmp_path)  # a save that never finished
+  (tmp_path / "checkpoints" / "2").mkdir()
+  assert checkpoint.has_checkpoint(tmp_path)

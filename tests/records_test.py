@@ -85,11 +85,3 @@ def test_log_file_gets_sr2_logging_and_lines(tmp_path):
   logger = absl_logging.get_absl_logger()
   assert not [h for h in logger.handlers if isinstance(h, records._LogFile)]
   assert logging.INFO >= logger.getEffectiveLevel()
-
-
-def test_has_checkpoint_needs_a_finished_step(tmp_path):
-  assert not records.has_checkpoint(tmp_path)
-  (tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-12").mkdir(parents=True)
-  assert not records.has_checkpoint(tmp_path)  # a save that never finished
-  (tmp_path / "checkpoints" / "2").mkdir()
-  assert records.has_checkpoint(tmp_path)

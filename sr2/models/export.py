@@ -18,7 +18,7 @@ import numpy as np
 
 from sr2 import files
 from sr2.models.config import ModelConfig
-from sr2.models.weights import hf_layout
+from sr2.models.weights import hf_layout, same_layout
 
 _CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
@@ -50,43 +50,23 @@ def hf_config(config: ModelConfig, tokenizer=None) -> dict[str, Any]:
   return out
 
 
-def _hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-  """Each linear weight's and bias's shape in HF layout, by the suffix of its name."""
-  d, h, k, dh, f = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim, config.d_ff
-  return {
-    "q_proj.weight": (h * dh, d),
-    "k_proj.weight": (k * dh, d),
-    "v_proj.weight": (k * dh, d),
-    "o_proj.weight": (d, h * dh),
-    "gate_proj.weight": (f, d),
-    "up_proj.weight": (f, d),
-    "down_proj.weight": (d, f),
-    "lm_head.weight": (config.vocab_size, d),
-    "q_proj.bias": (h * dh,),
-    "k_proj.bias": (k * dh,),
-    "v_proj.bias": (k * dh,),
-  }
-
-
 def hf_tensors(config: ModelConfig, params: Any) -> dict[str, np.ndarray]:
   """The params as HF-named numpy arrays in HF layout (layers unstacked if scanned)."""
   layers = params["layers"]
   if isinstance(layers, dict):  # scan_layers: one dict of arrays stacked on the layer axis
     layers = [jax.tree.map(lambda x, i=i: x[i], layers) for i in range(config.n_layers)]
   tree = {**params, "layers": layers}
-  shapes = _hf_shapes(config)
   out = {}
-  for name, (path, _) in hf_layout(config).items():
+  for name, (path, to_sr2, shape) in hf_layout(config).items():
     x = tree
     for key in path:
       x = x[key]
     x = np.asarray(jax.device_get(x))
-    shape = next((s for suffix, s in shapes.items() if name.endswith(suffix)), None)
-    if shape is None:  # embeddings and norms: the same layout
+    if to_sr2 is same_layout:  # embeddings, norms
       out[name] = x
-    elif name.endswith(".bias"):
+    elif len(shape) == 1:  # biases: a reshape
       out[name] = x.reshape(shape)
-    else:  # sr2 keeps linear weights [in, ...out]; HF [out, in]
+    else:  # linear weights: HF [out, in], sr2 the transpose, its dims split by head
       out[name] = np.ascontiguousarray(x.reshape(shape[1], shape[0]).T)
   return out
 

@@ -99,34 +99,44 @@ def config_from_hf(cfg: Mapping[str, Any], dtype: str = "float32") -> ModelConfi
   )
 
 
-def hf_layout(config: ModelConfig) -> dict[str, tuple[tuple[str, ...], Callable]]:
-  """HF tensor name -> (path into the sr2 params, function from HF array to sr2 array)."""
-  d, h, k, dh = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim
-  out: dict[str, tuple[tuple[Any, ...], Callable]] = {
-    "model.embed_tokens.weight": (("embed",), lambda w: w),
-    "model.norm.weight": (("final_norm",), lambda w: w),
+def same_layout(w):
+  """The conversion of tensors whose layout HF and sr2 share (embeddings, norms)."""
+  return w
+
+
+def hf_layout(config: ModelConfig) -> dict[str, tuple[tuple[Any, ...], Callable, tuple]]:
+  """HF tensor name -> (path into the sr2 params, HF array -> sr2 array, the HF shape).
+
+  The one table of how sr2's params map to HF checkpoints: loading reads it one way,
+  `export.hf_tensors` the other.
+  """
+  d, h, k, dh, f = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim, config.d_ff
+  same = same_layout
+  out: dict[str, tuple[tuple[Any, ...], Callable, tuple]] = {
+    "model.embed_tokens.weight": (("embed",), same, (config.vocab_size, d)),
+    "model.norm.weight": (("final_norm",), same, (d,)),
   }
   if not config.tie_embeddings:
-    out["lm_head.weight"] = (("head",), lambda w: w.T)
+    out["lm_head.weight"] = (("head",), lambda w: w.T, (config.vocab_size, d))
   for i in range(config.n_layers):
     p = f"model.layers.{i}."
     at = lambda name, i=i: ("layers", i, name)
-    out[p + "input_layernorm.weight"] = (at("attn_norm"), lambda w: w)
-    out[p + "post_attention_layernorm.weight"] = (at("mlp_norm"), lambda w: w)
-    out[p + "self_attn.q_proj.weight"] = (at("q"), lambda w: w.T.reshape(d, h, dh))
-    out[p + "self_attn.k_proj.weight"] = (at("k"), lambda w: w.T.reshape(d, k, dh))
-    out[p + "self_attn.v_proj.weight"] = (at("v"), lambda w: w.T.reshape(d, k, dh))
-    out[p + "self_attn.o_proj.weight"] = (at("o"), lambda w: w.T.reshape(h, dh, d))
-    out[p + "mlp.gate_proj.weight"] = (at("gate"), lambda w: w.T)
-    out[p + "mlp.up_proj.weight"] = (at("up"), lambda w: w.T)
-    out[p + "mlp.down_proj.weight"] = (at("down"), lambda w: w.T)
+    out[p + "input_layernorm.weight"] = (at("attn_norm"), same, (d,))
+    out[p + "post_attention_layernorm.weight"] = (at("mlp_norm"), same, (d,))
+    out[p + "self_attn.q_proj.weight"] = (at("q"), lambda w: w.T.reshape(d, h, dh), (h * dh, d))
+    out[p + "self_attn.k_proj.weight"] = (at("k"), lambda w: w.T.reshape(d, k, dh), (k * dh, d))
+    out[p + "self_attn.v_proj.weight"] = (at("v"), lambda w: w.T.reshape(d, k, dh), (k * dh, d))
+    out[p + "self_attn.o_proj.weight"] = (at("o"), lambda w: w.T.reshape(h, dh, d), (d, h * dh))
+    out[p + "mlp.gate_proj.weight"] = (at("gate"), lambda w: w.T, (f, d))
+    out[p + "mlp.up_proj.weight"] = (at("up"), lambda w: w.T, (f, d))
+    out[p + "mlp.down_proj.weight"] = (at("down"), lambda w: w.T, (d, f))
     if config.qkv_bias:
-      out[p + "self_attn.q_proj.bias"] = (at("q_bias"), lambda w: w.reshape(h, dh))
-      out[p + "self_attn.k_proj.bias"] = (at("k_bias"), lambda w: w.reshape(k, dh))
-      out[p + "self_attn.v_proj.bias"] = (at("v_bias"), lambda w: w.reshape(k, dh))
+      out[p + "self_attn.q_proj.bias"] = (at("q_bias"), lambda w: w.reshape(h, dh), (h * dh,))
+      out[p + "self_attn.k_proj.bias"] = (at("k_bias"), lambda w: w.reshape(k, dh), (k * dh,))
+      out[p + "self_attn.v_proj.bias"] = (at("v_bias"), lambda w: w.reshape(k, dh), (k * dh,))
     if config.qk_norm:
-      out[p + "self_attn.q_norm.weight"] = (at("q_norm"), lambda w: w)
-      out[p + "self_attn.k_norm.weight"] = (at("k_norm"), lambda w: w)
+      out[p + "self_attn.q_norm.weight"] = (at("q_norm"), same, (dh,))
+      out[p + "self_attn.k_norm.weight"] = (at("k_norm"), same, (dh,))
   return out
 
 
@@ -154,7 +164,7 @@ def params_from_hf(config: ModelConfig, get: Callable[[str], Any], names: set[st
   shapes = transformer.param_shapes(config)
   params: dict[str, Any] = {"layers": [{} for _ in range(config.n_layers)]}
   dtype = jnp.dtype(config.dtype)
-  for name, (path, fn) in layout.items():
+  for name, (path, fn, _) in layout.items():
     x = jnp.asarray(fn(jnp.asarray(get(name))), dtype)
     node, want = params, shapes
     for key in path[:-1]:

@@ -68,6 +68,7 @@ def evaluate_policy(
   sampler = Sampler(task.model, task.tokenizer, SamplingConfig(max_len=max_len))
   agent = rollout.Agent(sampler, task.retriever, task.rollout)
   mine = [questions[i] for i in (share if share is not None else range(len(questions)))]
+  oracle = task.judge_fn(refiner) if refiner is not None else None  # None: the policy judges
   trajs, revised = [], []
   for i in range(0, len(mine), batch_size):
     chunk = mine[i : i + batch_size]
@@ -75,7 +76,7 @@ def evaluate_policy(
     state, records = rollout.run(agent, params, prompts, batch=batch_size)
     if refiner is not None:
       texts = [q.question for q in chunk]
-      out = refine(agent, params, state, records, texts, refiner, judge_fn=task.judge_fn(refiner))
+      out = refine(agent, params, state, records, texts, refiner, judge_fn=oracle)
       trajs += out.trajectories
       revised += out.revised.tolist()
     else:

@@ -290,7 +290,7 @@ def train_and_evaluate(
   """
   # ---- Setup: the run record, config, task, checkpoints, metric files (process 0 writes).
   workdir = files.path(workdir)  # local or gs://
-  if records.has_checkpoint(workdir):  # before any work: a changed config is refused by name
+  if checkpoint.has_checkpoint(workdir):  # before any work: a changed config is refused by name
     records.check_resume(workdir, config, allow_config_change)
   s = setup(config)
   task, rl = s.task, s.rl

@@ -61,13 +61,6 @@ def changed_fields(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str
   return sorted(k for k in a.keys() | b.keys() if a.get(k, KeyError) != b.get(k, KeyError))
 
 
-def has_checkpoint(workdir: files.PathLike) -> bool:
-  """Whether `workdir/checkpoints` holds a finished step (a digits-only folder), without
-  creating anything: what a resume restores."""
-  folder = files.path(workdir) / "checkpoints"
-  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
-
-
 def check_resume(workdir: files.PathLike, config, allow_change: bool = False) -> None:
   """Refuses to resume `workdir` with a config other than the one it started with.
 
