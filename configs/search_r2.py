@@ -154,6 +154,10 @@ def get_config(arg: str = "tiny_world,search_r2") -> ml_collections.ConfigDict:
   w.process = "lexical" if arm in _PROCESS_ARMS else "none"
   if arm == "search_r1_g10":
     c.grpo.group_size = 10
+  if backbone == "tiny_world":
+    # The competent warm start every arm shares: SFT also learns the refiner's task from
+    # 600 train questions' judgement demonstrations (gold + one flawed plan each).
+    c.data.judge_demos = 600
   if r.enabled and backbone == "tiny_world":
     c.rl.probe_every = 1  # the three drivers every step (rl/drivers.py)
   return c
