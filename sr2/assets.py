@@ -32,21 +32,14 @@ class AssetError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class NamedModel:
-  """A GGUF model shipped inside one or more PyPI wheels.
+  """A GGUF model shipped inside one or more PyPI wheels."""
 
-  Attributes:
-    name: the name users pass to `sr2.models.load`.
-    packages: `name==version` requirements, in the order their parts concatenate.
-    members: path of the part inside each wheel, aligned with `packages`.
-    sha256: expected hash of the assembled GGUF (None: trust the pinned package version).
-    size: expected size in bytes, or None.
-  """
-
-  name: str
-  packages: tuple[str, ...]
-  members: tuple[str, ...]
+  name: str  # the name users pass to `sr2.models.load`.
+  packages: tuple[str, ...]  # `name==version` requirements, in the order their parts concatenate.
+  members: tuple[str, ...]  # path of the part inside each wheel, aligned with `packages`.
+  # expected hash of the assembled GGUF (None: trust the pinned package version).
   sha256: str | None = None
-  size: int | None = None
+  size: int | None = None  # expected size in bytes, or None.
 
 
 NAMED_MODELS: dict[str, NamedModel] = {

@@ -45,25 +45,17 @@ _OBSERVATION = re.compile(
 
 @dataclasses.dataclass(frozen=True)
 class Turn:
-  """One parsed assistant chunk.
+  """One parsed assistant chunk."""
 
-  Attributes:
-    kind: "search", "answer" or "invalid".
-    query: the search query (whitespace collapsed, capped) when kind is "search".
-    answer: the stripped answer text when kind is "answer".
-    think: the complete `<think>` blocks before the action, joined by newlines; None if none.
-    error: what was wrong, when kind is "invalid".
-    note: what was tolerated in a turn (truncated query, ignored text), else None.
-    end: offset just past the deciding closing tag; `len(text)` when invalid.
-  """
-
-  kind: TurnKind
-  query: str | None = None
-  answer: str | None = None
+  kind: TurnKind  # "search", "answer" or "invalid".
+  query: str | None = None  # the search query (whitespace collapsed, capped) when kind is "search".
+  answer: str | None = None  # the stripped answer text when kind is "answer".
+  # the complete `<think>` blocks before the action, joined by newlines; None if none.
   think: str | None = None
-  error: str | None = None
+  error: str | None = None  # what was wrong, when kind is "invalid".
+  # what was tolerated in a turn (truncated query, ignored text), else None.
   note: str | None = None
-  end: int = 0
+  end: int = 0  # offset just past the deciding closing tag; `len(text)` when invalid.
 
   @property
   def is_valid(self) -> bool:
@@ -72,19 +64,13 @@ class Turn:
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-  """One assistant step of a response and the observation that followed it.
+  """One assistant step of a response and the observation that followed it."""
 
-  Attributes:
-    assistant_text: what the Actor wrote in this turn.
-    tool_text: the observation block after it, blank lines included; None for a last step.
-    start: offset of the step in the response.
-    end: offset just past its tool text (or assistant text when there is none).
-  """
-
-  assistant_text: str
+  assistant_text: str  # what the Actor wrote in this turn.
+  # the observation block after it, blank lines included; None for a last step.
   tool_text: str | None
-  start: int
-  end: int
+  start: int  # offset of the step in the response.
+  end: int  # offset just past its tool text (or assistant text when there is none).
 
   @property
   def pair(self) -> tuple[str, str | None]:

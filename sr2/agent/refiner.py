@@ -48,47 +48,39 @@ JUDGES = ("policy", "oracle")
 
 @dataclasses.dataclass(frozen=True)
 class RefinerConfig:
-  """The Meta-Refiner (config.refiner).
+  """The Meta-Refiner (config.refiner)."""
 
-  Attributes:
-    enabled: run it during training rollouts (the "+MR" arms and Search-R2).
-    judge: "policy", the policy's own weights judge (the paper); "oracle", the world's
-      gold plans judge instead (`sr2/agent/oracle.py`): the mechanism's ceiling, on tasks
-      that know their plans, with `joint` off (its decisions are not the policy's).
-    max_revisions: N_max, judge-and-revise rounds per trajectory (paper: 1; Table 4: 1-4).
-    margin: revise iff log p(revise) − log p("0") ≥ margin (paper: 0.0).
-    aggregate: "logsumexp" (mass over 1..n) or "max" (best single index) for p(revise).
-    joint: joint optimisation; the decisions enter the GRPO batch (full Search-R2). Off for
-      the "+MR" and "+MR+PR" ablations.
-    max_prompt_tokens: longer refiner prompts are not judged (accepted, and counted).
-    decision_weight: joint optimisation multiplies each decision row's advantage by this,
-      which scales its policy-gradient term by the same factor (1.0: the paper as sr2
-      infers it; the paper is silent). Under seq-mean-token-mean a one-token decision row
-      weighs as much as a whole trajectory; < 1 lowers the decisions' share (results/README.md).
-    judge_rows: prompts per forward pass of the judgement. The prompts go through sorted
-      by length, each pass padded to its own length bucket, so short prompts are not
-      padded to the longest; 0 = all prompts in one pass. The same scores either way.
-    prompt: "table12", the paper's prompt (Appendix L, Table 12): the instruction, the
-      question and the numbered steps with their TOOL outputs, encoded afresh per
-      trajectory. "continuation" (beyond the paper): the Actor's prompt and trajectory as
-      the rollout wrote them, then the question (`refiner_followup`); online it reads the
-      rollout's KV cache, so a judgement encodes the question's tokens (66 with the tiny
-      world's tokenizer) instead of the whole trajectory, all rows in one pass
-      (`judge_rows` applies to "table12" only). Its decision rows are the trajectory plus
-      the question, so under joint optimisation they are longer than in "table12". Rows
-      too long for the question (the sampler's capacity or `max_prompt_tokens`) are
-      accepted unjudged (`refiner/judged` in the step's metrics).
-  """
-
-  enabled: bool = False
+  enabled: bool = False  # run it during training rollouts (the "+MR" arms and Search-R2).
+  # "policy", the policy's own weights judge (the paper); "oracle", the world's gold plans judge
+  # instead (`sr2/agent/oracle.py`): the mechanism's ceiling, on tasks that know their plans, with
+  # `joint` off (its decisions are not the policy's).
   judge: str = "policy"
-  max_revisions: int = 1
-  margin: float = 0.0
+  max_revisions: int = 1  # N_max, judge-and-revise rounds per trajectory (paper: 1; Table 4: 1-4).
+  margin: float = 0.0  # revise iff log p(revise) − log p("0") ≥ margin (paper: 0.0).
+  # "logsumexp" (mass over 1..n) or "max" (best single index) for p(revise).
   aggregate: str = "logsumexp"
+  # joint optimisation; the decisions enter the GRPO batch (full Search-R2). Off for the "+MR" and
+  # "+MR+PR" ablations.
   joint: bool = True
-  max_prompt_tokens: int = 2048
+  max_prompt_tokens: int = 2048  # longer refiner prompts are not judged (accepted, and counted).
+  # joint optimisation multiplies each decision row's advantage by this, which scales its
+  # policy-gradient term by the same factor (1.0: the paper as sr2 infers it; the paper is
+  # silent). Under seq-mean-token-mean a one-token decision row weighs as much as a whole
+  # trajectory; < 1 lowers the decisions' share (results/README.md).
   decision_weight: float = 1.0
+  # prompts per forward pass of the judgement. The prompts go through sorted by length, each pass
+  # padded to its own length bucket, so short prompts are not padded to the longest; 0 = all prompts
+  # in one pass. The same scores either way.
   judge_rows: int = 8
+  # "table12", the paper's prompt (Appendix L, Table 12): the instruction, the question and the
+  # numbered steps with their TOOL outputs, encoded afresh per trajectory. "continuation" (beyond
+  # the paper): the Actor's prompt and trajectory as the rollout wrote them, then the question
+  # (`refiner_followup`); online it reads the rollout's KV cache, so a judgement encodes the
+  # question's tokens (66 with the tiny world's tokenizer) instead of the whole trajectory, all rows
+  # in one pass (`judge_rows` applies to "table12" only). Its decision rows are the trajectory plus
+  # the question, so under joint optimisation they are longer than in "table12". Rows too long for
+  # the question (the sampler's capacity or `max_prompt_tokens`) are accepted unjudged
+  # (`refiner/judged` in the step's metrics).
   prompt: str = "table12"
 
   def __post_init__(self):
@@ -126,25 +118,16 @@ class RefinerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-  """One judgement of one trajectory.
+  """One judgement of one trajectory."""
 
-  Attributes:
-    prompt_ids: the refiner prompt, tokenised (in the continuation form: the Actor's
-      prompt and trajectory, then the question; joint optimisation trains on it plus the
-      one emitted token).
-    choice_logprobs: lp_0..lp_n (log p of "0".."n" after the prompt).
-    revise: the gate's verdict.
-    step: 0 when accepting, else the flagged (earliest flawed) step j in 1..n.
-    token: the emitted token id, that of str(step).
-    logprob: lp_step, the sampling log-prob of `token` (the old log-prob for GRPO).
-  """
-
+  # the refiner prompt, tokenised (in the continuation form: the Actor's prompt and trajectory, then
+  # the question; joint optimisation trains on it plus the one emitted token).
   prompt_ids: tuple[int, ...]
-  choice_logprobs: tuple[float, ...]
-  revise: bool
-  step: int
-  token: int
-  logprob: float
+  choice_logprobs: tuple[float, ...]  # lp_0..lp_n (log p of "0".."n" after the prompt).
+  revise: bool  # the gate's verdict.
+  step: int  # 0 when accepting, else the flagged (earliest flawed) step j in 1..n.
+  token: int  # the emitted token id, that of str(step).
+  logprob: float  # lp_step, the sampling log-prob of `token` (the old log-prob for GRPO).
 
 
 def decide(
@@ -252,24 +235,16 @@ def judge_in_cache(
 
 @dataclasses.dataclass
 class Refined:
-  """What `refine` returns.
+  """What `refine` returns."""
 
-  Attributes:
-    state: the sampler state after the last judgement or regeneration (it replaces the
-      state `refine` was given, which is donated).
-    trajectories: the final trajectories (the mixture policy's samples).
-    drafts: the Actor's first trajectories, before any revision.
-    decisions: per row, its decisions in order (empty if never judged).
-    judge_s: host seconds spent judging (prompts and the forward passes), all rounds.
-    regenerate_s: host seconds spent cutting and regenerating, all rounds.
-  """
-
+  # the sampler state after the last judgement or regeneration (it replaces the state `refine` was
+  # given, which is donated).
   state: SamplingState
-  trajectories: list[Trajectory]
-  drafts: list[Trajectory]
-  decisions: list[list[Decision]]
-  judge_s: float = 0.0
-  regenerate_s: float = 0.0
+  trajectories: list[Trajectory]  # the final trajectories (the mixture policy's samples).
+  drafts: list[Trajectory]  # the Actor's first trajectories, before any revision.
+  decisions: list[list[Decision]]  # per row, its decisions in order (empty if never judged).
+  judge_s: float = 0.0  # host seconds spent judging (prompts and the forward passes), all rounds.
+  regenerate_s: float = 0.0  # host seconds spent cutting and regenerating, all rounds.
 
   @property
   def revised(self) -> np.ndarray:

@@ -41,23 +41,15 @@ class Retriever(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-  """The agent loop's limits.
+  """The agent loop's limits."""
 
-  Attributes:
-    max_turns: assistant turns per trajectory (the paper's B = 4).
-    max_turn_tokens: new tokens per assistant turn.
-    top_k: passages per search.
-    max_obs_tokens: cap on the documents of one observation, in tokens.
-    invalid_feedback: append feedback after an invalid turn (else the row ends).
-    batch_rows: rows per rollout call when training collects a step (its KV cache and
-      buffers are this many rows, whatever B·G is); 0 = all of a process's rows at once.
-  """
-
-  max_turns: int = 4
-  max_turn_tokens: int = 512
-  top_k: int = 3
-  max_obs_tokens: int = 500
-  invalid_feedback: bool = True
+  max_turns: int = 4  # assistant turns per trajectory (the paper's B = 4).
+  max_turn_tokens: int = 512  # new tokens per assistant turn.
+  top_k: int = 3  # passages per search.
+  max_obs_tokens: int = 500  # cap on the documents of one observation, in tokens.
+  invalid_feedback: bool = True  # append feedback after an invalid turn (else the row ends).
+  # rows per rollout call when training collects a step (its KV cache and buffers are this many
+  # rows, whatever B·G is); 0 = all of a process's rows at once.
   batch_rows: int = 0
 
   def __post_init__(self):

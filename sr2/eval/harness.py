@@ -49,42 +49,31 @@ SamplerFactory = Callable[[str, SamplingConfig], Any]  # (method, sampling confi
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-  """What to evaluate and how (the `eval` group plus the typed groups it uses).
+  """What to evaluate and how (the `eval` group plus the typed groups it uses)."""
 
-  Attributes:
-    datasets: `multihop/<set>` or `qa/<name>`, each optionally `:<split>`.
-    methods: a subset of `methods.METHODS`, run in this order.
-    split: the split of datasets that name none.
-    data_root: folder holding `multihop/` and `qa/`; relative to the repo root.
-    corpus: corpus of `qa/` datasets: a JSONL file or a saved index dir (relative to
-      `data_root`); "" = none.
-    corpora: per `qa/` set name, a corpus that overrides `corpus`.
-    limit: questions per dataset, the first ones of the file; 0 = all.
-    batch_size: questions per sampler call (the last batch is padded with empty rows).
-    max_new_tokens: answer budget of `direct` and `rag`, in tokens.
-    cot_max_new_tokens: budget of `cot` (reasoning + answer), in tokens.
-    seed: sampling seed (unused by greedy decoding).
-    progress: a progress bar per dataset and method on stderr (process 0).
-    sampling: the decoding of every method; stop strings are set per method.
-    rollout: the agent's loop; `top_k`/`max_obs_tokens` also shape the `rag` documents.
-    bm25: how corpus indices built here score.
-  """
-
+  # `multihop/<set>` or `qa/<name>`, each optionally `:<split>`.
   datasets: tuple[str, ...] = ("multihop/hotpotqa",)
+  # a subset of `methods.METHODS`, run in this order.
   methods: tuple[str, ...] = methods_lib.METHODS
-  split: str = "dev"
+  split: str = "dev"  # the split of datasets that name none.
+  # folder holding `multihop/` and `qa/`; relative to the repo root.
   data_root: str = dataclasses.field(default_factory=default_data_root)
+  # corpus of `qa/` datasets: a JSONL file or a saved index dir (relative to `data_root`);
+  # "" = none.
   corpus: str = ""
+  # per `qa/` set name, a corpus that overrides `corpus`.
   corpora: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  limit: int = 0
-  batch_size: int = 8
-  max_new_tokens: int = 64
-  cot_max_new_tokens: int = 256
-  seed: int = 0
-  progress: bool = True
+  limit: int = 0  # questions per dataset, the first ones of the file; 0 = all.
+  batch_size: int = 8  # questions per sampler call (the last batch is padded with empty rows).
+  max_new_tokens: int = 64  # answer budget of `direct` and `rag`, in tokens.
+  cot_max_new_tokens: int = 256  # budget of `cot` (reasoning + answer), in tokens.
+  seed: int = 0  # sampling seed (unused by greedy decoding).
+  progress: bool = True  # a progress bar per dataset and method on stderr (process 0).
+  # the decoding of every method; stop strings are set per method.
   sampling: SamplingConfig = SamplingConfig()
+  # the agent's loop; `top_k`/`max_obs_tokens` also shape the `rag` documents.
   rollout: RolloutConfig = RolloutConfig()
-  bm25: BM25Config = BM25Config()
+  bm25: BM25Config = BM25Config()  # how corpus indices built here score.
 
   def __post_init__(self):
     for name in ("datasets", "methods"):

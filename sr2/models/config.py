@@ -22,47 +22,29 @@ REMAT = ("none", "full", "dots")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Shape and numerics of a decoder-only transformer.
+  """Shape and numerics of a decoder-only transformer."""
 
-  Attributes:
-    arch: one of ARCHITECTURES; sets the family defaults below only via presets.
-    vocab_size: rows of the embedding table.
-    d_model: residual width.
-    n_layers: decoder blocks.
-    n_heads: query heads.
-    n_kv_heads: key/value heads (grouped-query attention); divides n_heads.
-    head_dim: width of one head (need not be d_model / n_heads, as in Qwen3).
-    d_ff: hidden width of the SwiGLU MLP.
-    rope_theta: RoPE base frequency.
-    norm_eps: RMSNorm epsilon.
-    qkv_bias: q/k/v projections carry a bias (Qwen2).
-    qk_norm: RMSNorm over each q and k head before RoPE (Qwen3).
-    tie_embeddings: the output head is the transposed embedding table.
-    max_seq_len: longest position the model is used at (RoPE tables, caches).
-    dtype: parameter dtype; activations follow it, softmax and logits are float32.
-    scan_layers: params["layers"] is one dict of arrays stacked on a leading layer axis,
-      and the uncached forward pass runs the blocks as one `lax.scan` (a program whose
-      size does not grow with depth); otherwise a list of per-layer dicts, unrolled.
-    remat: one of REMAT, how the uncached forward pass's blocks are rematerialised for
-      the backward pass (`jax.checkpoint`); the values are the same either way.
-  """
-
-  arch: str = "llama"
-  vocab_size: int = 256
-  d_model: int = 64
-  n_layers: int = 2
-  n_heads: int = 4
-  n_kv_heads: int = 2
-  head_dim: int = 16
-  d_ff: int = 128
-  rope_theta: float = 10_000.0
-  norm_eps: float = 1e-6
-  qkv_bias: bool = False
-  qk_norm: bool = False
-  tie_embeddings: bool = True
-  max_seq_len: int = 2048
-  dtype: str = "float32"
+  arch: str = "llama"  # one of ARCHITECTURES; sets the family defaults below only via presets.
+  vocab_size: int = 256  # rows of the embedding table.
+  d_model: int = 64  # residual width.
+  n_layers: int = 2  # decoder blocks.
+  n_heads: int = 4  # query heads.
+  n_kv_heads: int = 2  # key/value heads (grouped-query attention); divides n_heads.
+  head_dim: int = 16  # width of one head (need not be d_model / n_heads, as in Qwen3).
+  d_ff: int = 128  # hidden width of the SwiGLU MLP.
+  rope_theta: float = 10_000.0  # RoPE base frequency.
+  norm_eps: float = 1e-6  # RMSNorm epsilon.
+  qkv_bias: bool = False  # q/k/v projections carry a bias (Qwen2).
+  qk_norm: bool = False  # RMSNorm over each q and k head before RoPE (Qwen3).
+  tie_embeddings: bool = True  # the output head is the transposed embedding table.
+  max_seq_len: int = 2048  # longest position the model is used at (RoPE tables, caches).
+  dtype: str = "float32"  # parameter dtype; activations follow it, softmax and logits are float32.
+  # params["layers"] is one dict of arrays stacked on a leading layer axis, and the uncached forward
+  # pass runs the blocks as one `lax.scan` (a program whose size does not grow with depth);
+  # otherwise a list of per-layer dicts, unrolled.
   scan_layers: bool = False
+  # one of REMAT, how the uncached forward pass's blocks are rematerialised for the backward pass
+  # (`jax.checkpoint`); the values are the same either way.
   remat: str = "none"
 
   def __post_init__(self):
@@ -153,22 +135,15 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """Which model to build: the `config.model` group of an experiment.
+  """Which model to build: the `config.model` group of an experiment."""
 
-  Attributes:
-    source: a named model (`sr2.assets.NAMED_MODELS`), an HF checkpoint directory, a
-      `.gguf` file, or `preset:<name>` for randomly initialised params of a preset.
-    dtype: "float32" or "bfloat16" params.
-    seed: init seed for `preset:` sources.
-    scan_layers: stack the layers and scan over them (`ModelConfig.scan_layers`).
-    remat: the blocks' rematerialisation (`ModelConfig.remat`).
-  """
-
+  # a named model (`sr2.assets.NAMED_MODELS`), an HF checkpoint directory, a `.gguf` file, or
+  # `preset:<name>` for randomly initialised params of a preset.
   source: str = "smollm2-135m-instruct"
-  dtype: str = "float32"
-  seed: int = 0
-  scan_layers: bool = False
-  remat: str = "none"
+  dtype: str = "float32"  # "float32" or "bfloat16" params.
+  seed: int = 0  # init seed for `preset:` sources.
+  scan_layers: bool = False  # stack the layers and scan over them (`ModelConfig.scan_layers`).
+  remat: str = "none"  # the blocks' rematerialisation (`ModelConfig.remat`).
 
   def __post_init__(self):
     if not isinstance(self.source, str) or not self.source:

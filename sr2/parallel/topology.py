@@ -28,27 +28,16 @@ GiB = 1024**3
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
-  """Per-chip facts of a TPU generation.
+  """Per-chip facts of a TPU generation."""
 
-  Attributes:
-    name: the generation as slice names spell it ("v5p").
-    device_kind: what JAX reports as `device.device_kind` for its chips.
-    dims: torus dimensions of a slice (3 for v4/v5p, 2 for v5e/v6e).
-    cores_per_name: TensorCores a chip adds to the count in a `<generation>-<count>` name.
-    max_chips: the largest slice Cloud TPU offers.
-    hbm_bytes: HBM per chip.
-    peak_flops: peak dense bf16 FLOP/s per chip.
-    hbm_bandwidth: HBM bytes/s per chip.
-  """
-
-  name: str
-  device_kind: str
-  dims: int
-  cores_per_name: int
-  max_chips: int
-  hbm_bytes: int
-  peak_flops: float
-  hbm_bandwidth: float
+  name: str  # the generation as slice names spell it ("v5p").
+  device_kind: str  # what JAX reports as `device.device_kind` for its chips.
+  dims: int  # torus dimensions of a slice (3 for v4/v5p, 2 for v5e/v6e).
+  cores_per_name: int  # TensorCores a chip adds to the count in a `<generation>-<count>` name.
+  max_chips: int  # the largest slice Cloud TPU offers.
+  hbm_bytes: int  # HBM per chip.
+  peak_flops: float  # peak dense bf16 FLOP/s per chip.
+  hbm_bandwidth: float  # HBM bytes/s per chip.
 
 
 # Per-chip HBM, peak bf16 FLOP/s and HBM bandwidth as Google publishes them for Cloud TPU

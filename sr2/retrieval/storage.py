@@ -33,21 +33,14 @@ _BOUNDS = "term_bounds.npy"
 
 
 class Parts(NamedTuple):
-  """What an index is made of: what `save` writes and `load` reads back.
+  """What an index is made of: what `save` writes and `load` reads back."""
 
-  Attributes:
-    config: how the index scores.
-    vocab: term -> row of `scores_VxN`.
-    scores_VxN: each term's score in each passage, CSR.
-    passages: `(id, title, text)` per column of `scores_VxN`.
-    bounds_V: `scoring.term_bounds(scores_VxN)`; from `load`, None for an index without
-      (current) term bounds: the caller computes them.
-  """
-
-  config: BM25Config
-  vocab: Mapping[str, int]
-  scores_VxN: sp.csr_array
-  passages: Sequence[tuple[str, str, str]]
+  config: BM25Config  # how the index scores.
+  vocab: Mapping[str, int]  # term -> row of `scores_VxN`.
+  scores_VxN: sp.csr_array  # each term's score in each passage, CSR.
+  passages: Sequence[tuple[str, str, str]]  # `(id, title, text)` per column of `scores_VxN`.
+  # `scoring.term_bounds(scores_VxN)`; from `load`, None for an index without (current) term bounds:
+  # the caller computes them.
   bounds_V: np.ndarray | None
 
 

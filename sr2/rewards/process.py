@@ -96,19 +96,14 @@ def density(count: int, m: int) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-  """A judge's finding on one trajectory.
+  """A judge's finding on one trajectory."""
 
-  Attributes:
-    count: N_useful, in [0, m].
-    m: M, the number of searches.
-    labels: u_i per collection when the judge gives them (lexical), else None (llm).
-    judged: False when the judge skipped the trajectory (llm: outcome 0 or M = 0, or a
-      prompt too long for the sampler); the count is then 0.
-  """
-
-  count: int
-  m: int
+  count: int  # N_useful, in [0, m].
+  m: int  # M, the number of searches.
+  # u_i per collection when the judge gives them (lexical), else None (llm).
   labels: tuple[int, ...] | None = None
+  # False when the judge skipped the trajectory (llm: outcome 0 or M = 0, or a prompt too long for
+  # the sampler); the count is then 0.
   judged: bool = True
 
   def __post_init__(self):
@@ -279,21 +274,14 @@ class LLMJudge(Judge):
 
 @dataclasses.dataclass(frozen=True)
 class ProcessConfig:
-  """How the process reward is judged.
+  """How the process reward is judged."""
 
-  Attributes:
-    judge: "lexical" (default, no model) or "llm" (the paper's judge prompt).
-    max_new_tokens: llm reply budget in tokens.
-    max_len: llm sampler row capacity (prompt + reply), capped at the model's max_seq_len.
-    batch_size: llm prompts per decode.
-    chat: llm prompts rendered with the tokenizer's chat template when it has one.
-  """
-
-  judge: str = "lexical"
-  max_new_tokens: int = 64
+  judge: str = "lexical"  # "lexical" (default, no model) or "llm" (the paper's judge prompt).
+  max_new_tokens: int = 64  # llm reply budget in tokens.
+  # llm sampler row capacity (prompt + reply), capped at the model's max_seq_len.
   max_len: int = 4096
-  batch_size: int = 8
-  chat: bool = True
+  batch_size: int = 8  # llm prompts per decode.
+  chat: bool = True  # llm prompts rendered with the tokenizer's chat template when it has one.
 
   def __post_init__(self):
     check_choices(self, "process", {"judge": JUDGES}, error=ValueError)

@@ -9,28 +9,19 @@ import optax
 
 @dataclasses.dataclass(frozen=True)
 class OptConfig:
-  """AdamW, linear warmup then a constant rate (verl's schedule) or a cosine decay; clipping.
+  """AdamW, linear warmup then a constant rate (verl's schedule) or a cosine decay; clipping."""
 
-  Attributes:
-    lr: peak learning rate (the paper: 1e-6 for 7B+ models).
-    warmup_steps: steps of linear warmup from 0 (the paper: ratio 0.285 of 300 steps).
-    decay_steps: 0 keeps the peak rate after warmup (verl); > 0 decays it along a cosine to
-      `lr * final_lr_ratio` at step `decay_steps` (warmup included) and holds it there.
-    final_lr_ratio: the cosine's end point as a fraction of `lr`.
-    weight_decay: decoupled weight decay.
-    b1, b2, eps: Adam moments.
-    grad_clip: global-norm clip; 0 disables.
-  """
-
-  lr: float = 1e-6
-  warmup_steps: int = 0
-  weight_decay: float = 0.01
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  grad_clip: float = 1.0
+  lr: float = 1e-6  # peak learning rate (the paper: 1e-6 for 7B+ models).
+  warmup_steps: int = 0  # steps of linear warmup from 0 (the paper: ratio 0.285 of 300 steps).
+  weight_decay: float = 0.01  # decoupled weight decay.
+  b1: float = 0.9  # Adam moments.
+  b2: float = 0.999  # Adam moments.
+  eps: float = 1e-8  # Adam moments.
+  grad_clip: float = 1.0  # global-norm clip; 0 disables.
+  # 0 keeps the peak rate after warmup (verl); > 0 decays it along a cosine to `lr * final_lr_ratio`
+  # at step `decay_steps` (warmup included) and holds it there.
   decay_steps: int = 0
-  final_lr_ratio: float = 0.1
+  final_lr_ratio: float = 0.1  # the cosine's end point as a fraction of `lr`.
 
   def __post_init__(self):
     if not self.lr > 0:

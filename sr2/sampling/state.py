@@ -39,23 +39,17 @@ def bucket(n: int, buckets: Sequence[int], cap: int | None = None) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  """How the sampler decodes.
+  """How the sampler decodes."""
 
-  Attributes:
-    max_len: capacity of a row in tokens (prompt + everything generated or appended).
-    method: a sampling method from methods.py.
-    stop_strings: strings that end a turn when the generated text completes one.
-    stop_on_eos: end a row on any of the tokenizer's end-of-turn ids.
-    logprobs: "sampling" stores log-probs under the distribution sampled from; "raw"
-      stores the model's temperature-1, unfiltered log-probs (what the RL loss uses).
-    buckets: chunk lengths prefill/append pad to, so few programs compile.
-  """
-
-  max_len: int = 1024
-  method: methods_lib.Method = methods_lib.Greedy()
+  max_len: int = 1024  # capacity of a row in tokens (prompt + everything generated or appended).
+  method: methods_lib.Method = methods_lib.Greedy()  # a sampling method from methods.py.
+  # strings that end a turn when the generated text completes one.
   stop_strings: tuple[str, ...] = DEFAULT_STOP_STRINGS
-  stop_on_eos: bool = True
+  stop_on_eos: bool = True  # end a row on any of the tokenizer's end-of-turn ids.
+  # "sampling" stores log-probs under the distribution sampled from; "raw" stores the model's
+  # temperature-1, unfiltered log-probs (what the RL loss uses).
   logprobs: str = "sampling"
+  # chunk lengths prefill/append pad to, so few programs compile.
   buckets: tuple[int, ...] = DEFAULT_BUCKETS
 
   def __post_init__(self):

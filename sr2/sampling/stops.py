@@ -66,17 +66,11 @@ def _kmp_dfa(pattern: bytes) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class StopTables:
-  """Per-stop-string automata over whole tokens.
+  """Per-stop-string automata over whole tokens."""
 
-  Attributes:
-    next_state: int32 [S, Q, V]; Q = longest stop string + 1 (shorter ones padded).
-    lengths: int32 [S]; state == lengths[s] means stop string s has been completed.
-    strings: the stop strings, for messages.
-  """
-
-  next_state: np.ndarray
-  lengths: np.ndarray
-  strings: tuple[str, ...]
+  next_state: np.ndarray  # int32 [S, Q, V]; Q = longest stop string + 1 (shorter ones padded).
+  lengths: np.ndarray  # int32 [S]; state == lengths[s] means stop string s has been completed.
+  strings: tuple[str, ...]  # the stop strings, for messages.
 
 
 def build_stop_tables(pieces: Sequence[bytes], stop_strings: Sequence[str]) -> StopTables:

@@ -24,23 +24,15 @@ from sr2.train.task import JudgeCase, Question, Task
 
 @dataclasses.dataclass(frozen=True)
 class TrainEvalConfig:
-  """Greedy evaluation inside a training run (config.eval).
+  """Greedy evaluation inside a training run (config.eval)."""
 
-  Attributes:
-    split: the split evaluated before and after RL.
-    limit: first N questions of that split; 0 = all.
-    batch_size: rows per rollout call (the last batch is padded, so programs compile once).
-    every: evaluate on the dev split every N GRPO steps; 0 = never.
-    dev_limit: first N dev questions for the periodic evaluation; 0 = all.
-    use_refiner: run the Meta-Refiner (argmax cuts) at evaluation too.
-  """
-
-  split: str = "test"
-  limit: int = 0
+  split: str = "test"  # the split evaluated before and after RL.
+  limit: int = 0  # first N questions of that split; 0 = all.
+  # rows per rollout call (the last batch is padded, so programs compile once).
   batch_size: int = 64
-  every: int = 0
-  dev_limit: int = 0
-  use_refiner: bool = False
+  every: int = 0  # evaluate on the dev split every N GRPO steps; 0 = never.
+  dev_limit: int = 0  # first N dev questions for the periodic evaluation; 0 = all.
+  use_refiner: bool = False  # run the Meta-Refiner (argmax cuts) at evaluation too.
 
   def __post_init__(self):
     check_ints(self, "eval", ("limit", "every", "dev_limit"), minimum=0, error=ValueError)

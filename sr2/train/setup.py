@@ -28,37 +28,26 @@ _GROUPS = (*_REQUIRED, "seed", "refiner", "reward")
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-  """The GRPO loop (config.rl).
+  """The GRPO loop (config.rl)."""
 
-  Attributes:
-    steps: GRPO steps.
-    prompts_per_step: B questions per step, each sampled `grpo.group_size` times.
-    temperature: rollout sampling temperature.
-    max_len: row capacity of the sampler, tokens.
-    checkpoint_every: steps between checkpoints (the last step is always saved).
-    log_every: steps between metric lines.
-    probe_every: steps between the drivers' counterfactual probes (rl/drivers.py); 0 = never.
-    progress: show a progress bar on the console.
-    keep_warm_start: also keep the starting policy (after SFT) in `workdir/warm_start`, so
-      other runs can start from it (`--init_from`), e.g. the arms of an ablation.
-    trajectories_every: steps between samples of the rollouts written to
-      `workdir/trajectories/step_N.jsonl` (train/samples.py); 0 = never.
-    trajectories_rows: rollouts in each sample (the step's first rows).
-    export_hf: write the starting policy and the final one as HF checkpoint directories,
-      `workdir/warm_start/hf` and `workdir/final/hf` (sr2/models/export.py).
-  """
-
-  steps: int = 100
-  prompts_per_step: int = 8
-  temperature: float = 1.0
-  max_len: int = 1024
-  checkpoint_every: int = 25
-  log_every: int = 1
+  steps: int = 100  # GRPO steps.
+  prompts_per_step: int = 8  # B questions per step, each sampled `grpo.group_size` times.
+  temperature: float = 1.0  # rollout sampling temperature.
+  max_len: int = 1024  # row capacity of the sampler, tokens.
+  checkpoint_every: int = 25  # steps between checkpoints (the last step is always saved).
+  log_every: int = 1  # steps between metric lines.
+  # steps between the drivers' counterfactual probes (rl/drivers.py); 0 = never.
   probe_every: int = 0
-  progress: bool = True
+  progress: bool = True  # show a progress bar on the console.
+  # also keep the starting policy (after SFT) in `workdir/warm_start`, so other runs can start from
+  # it (`--init_from`), e.g. the arms of an ablation.
   keep_warm_start: bool = False
+  # steps between samples of the rollouts written to `workdir/trajectories/step_N.jsonl`
+  # (train/samples.py); 0 = never.
   trajectories_every: int = 0
-  trajectories_rows: int = 8
+  trajectories_rows: int = 8  # rollouts in each sample (the step's first rows).
+  # write the starting policy and the final one as HF checkpoint directories,
+  # `workdir/warm_start/hf` and `workdir/final/hf` (sr2/models/export.py).
   export_hf: bool = False
 
   def __post_init__(self):

@@ -27,25 +27,18 @@ PHASES = ("init", "rl")
 
 @dataclasses.dataclass
 class TrainState:
-  """One run's state between GRPO steps.
+  """One run's state between GRPO steps."""
 
-  Attributes:
-    params: the policy's params (sharded by their logical axes).
-    ref_params: the frozen starting policy, the KL reference (a copy: the update donates
-      `params`).
-    opt_state: the optimizer's state, sharded like the params.
-    step: GRPO steps done (0 before the first).
-    rng: the PRNG key the next step splits (replicated over the mesh: with several
-      processes a global array, which every process saves and restores alike).
-    data_state: small JSON-able dict; `phase` is one of PHASES. The data position is
-      `step` itself (step k reads a fixed shuffle of the training questions at k).
-  """
-
-  params: Any
+  params: Any  # the policy's params (sharded by their logical axes).
+  # the frozen starting policy, the KL reference (a copy: the update donates `params`).
   ref_params: Any
-  opt_state: Any
-  step: int
+  opt_state: Any  # the optimizer's state, sharded like the params.
+  step: int  # GRPO steps done (0 before the first).
+  # the PRNG key the next step splits (replicated over the mesh: with several processes a global
+  # array, which every process saves and restores alike).
   rng: jax.Array
+  # small JSON-able dict; `phase` is one of PHASES. The data position is `step` itself (step k reads
+  # a fixed shuffle of the training questions at k).
   data_state: dict
 
   def __post_init__(self):
