@@ -57,6 +57,8 @@ RECORD_KEYS = {
   "turns",
   "finish",
   "response",
+  "answered",
+  "valid_searches",
 }
 ROW_KEYS = {
   "finish",
@@ -66,6 +68,8 @@ ROW_KEYS = {
   "em",
   "f1",
   "mean_searches",
+  "valid_search_rate",
+  "answer_rate",
   "mean_turns",
   "mean_new_tokens",
   "wall_s",
@@ -142,6 +146,16 @@ def test_scripted_metrics_and_files(data_root, tmp_path):
   assert rows["agent"]["em"] == pytest.approx(2 / 3, abs=1e-4)
   assert rows["agent"]["mean_searches"] == pytest.approx(1 / 3, abs=1e-4)
   assert rows["agent"]["mean_turns"] == pytest.approx(5 / 3, abs=1e-4)
+  # Protocol use: q1's search retrieved Vorla's passage; q1 and q2 closed an <answer>.
+  assert rows["agent"]["valid_search_rate"] == pytest.approx(1 / 3, abs=1e-4)
+  assert rows["agent"]["answer_rate"] == pytest.approx(2 / 3, abs=1e-4)
+  # Baselines never search themselves; direct's and cot's third reply closes no <answer>.
+  assert {m: rows[m]["valid_search_rate"] for m in ("direct", "cot", "rag")} == dict.fromkeys(
+    ("direct", "cot", "rag"), 0.0
+  )
+  assert [rows[m]["answer_rate"] for m in ("direct", "cot", "rag")] == pytest.approx(
+    [2 / 3, 2 / 3, 1.0], abs=1e-4
+  )
   # Model-written tokens: each baseline script up to and including its stop string.
   direct_tokens = [len(TOK.encode(s[0])) for s in SCRIPTS["direct"]]
   assert rows["direct"]["mean_new_tokens"] == pytest.approx(sum(direct_tokens) / 3, abs=1e-4)
@@ -151,7 +165,10 @@ def test_scripted_metrics_and_files(data_root, tmp_path):
   assert summary["rows"] == result.rows and summary["config"]["eval"]["batch_size"] == 4
   md = (out / "results.md").read_text()
   assert "| EM / F1 | direct | cot | rag | agent |" in md and "| multihop/toy |" in md
-  assert "| dataset | method | n | EM | F1 | searches | turns | tokens | wall s |" in md
+  assert (
+    "| dataset | method | n | EM | F1 | searches | valid search | answered | turns | tokens "
+    "| wall s |" in md
+  )
   for method in rows:
     path = out / "trajectories" / f"{file_stem('multihop/toy', method)}.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sr2.agent.rollout import Trajectory
-from sr2.data.prompts import actor_prompt, refiner_followup, refiner_prompt
+from sr2.data.prompts import actor_prompt, chat_of, refiner_followup, refiner_prompt
 
 PROMPTS = ("table12", "continuation")
 MAX_CHOICES = 10  # "0".."9": one token each in every tokenizer sr2 uses
@@ -62,9 +62,9 @@ def prompt_ids(
   if form not in PROMPTS:
     raise ValueError(f"prompt form {form!r}; expected one of {PROMPTS}")
   if form == "continuation":
-    ids = tokenizer.encode(actor_prompt(question))
+    ids = tokenizer.encode(actor_prompt(question, chat_of(tokenizer)))
     for assistant, tool in steps:
       ids += tokenizer.encode(assistant) + (tokenizer.encode(tool) if tool else [])
     return ids + followup_ids(tokenizer, len(steps))
   steps = [(a if a.strip() else "(empty)", t) for a, t in steps]
-  return tokenizer.encode(refiner_prompt(question, steps))
+  return tokenizer.encode(refiner_prompt(question, steps, tokenizer=chat_of(tokenizer)))

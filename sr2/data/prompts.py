@@ -80,6 +80,15 @@ class ChatTemplate(Protocol):
   def apply_chat_template(self, messages: list[dict[str, str]], **kwargs: Any) -> Any: ...
 
 
+def chat_of(tokenizer: Any) -> ChatTemplate | None:
+  """`tokenizer` when it has a chat template, else None: what the `*_prompt` functions take.
+
+  Training and evaluation both build the Actor's prompt as
+  `actor_prompt(question, chat_of(tokenizer))`, so a model meets the same prompt in both.
+  """
+  return tokenizer if getattr(tokenizer, "has_chat_template", False) else None
+
+
 def _render(messages: list[dict[str, str]], tokenizer: ChatTemplate | None) -> str:
   if tokenizer is None:
     return "\n\n".join(m["content"] for m in messages)

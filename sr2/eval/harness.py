@@ -179,6 +179,9 @@ def summarize(dataset: str, method: str, records: Sequence[dict], wall_s: float)
   def mean(key):
     return round(sum(float(r[key]) for r in records) / n, 4) if n else 0.0
 
+  def share(holds):
+    return round(sum(1 for r in records if holds(r)) / n, 4) if n else 0.0
+
   return {
     "dataset": dataset,
     "method": method,
@@ -186,6 +189,10 @@ def summarize(dataset: str, method: str, records: Sequence[dict], wall_s: float)
     "em": mean("em"),
     "f1": mean("f1"),
     "mean_searches": mean("searches"),
+    # Shares of questions with at least one valid search (parsed, retrieved a passage) and
+    # with a closed <answer>: whether a model follows the protocol at all.
+    "valid_search_rate": share(lambda r: r.get("valid_searches", 0) > 0),
+    "answer_rate": share(lambda r: bool(r.get("answered"))),
     "mean_turns": mean("turns"),
     "mean_new_tokens": mean("new_tokens"),
     # Why each question ended (answer, eos, max_turns, context_full, prompt_too_long, ...).

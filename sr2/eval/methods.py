@@ -61,13 +61,15 @@ def read_prediction(text: str) -> tuple[str, bool]:
   return next((line for line in lines if line), ""), True
 
 
-def _chat(tokenizer) -> Any:
-  """The tokenizer when it has a chat template (prompts render through it), else None."""
-  return tokenizer if getattr(tokenizer, "has_chat_template", False) else None
-
-
 def _too_long(record: dict[str, Any]) -> dict[str, Any]:
-  return {**record, "prediction": None, "fallback": False, "finish": PROMPT_TOO_LONG}
+  return {
+    **record,
+    "prediction": None,
+    "fallback": False,
+    "answered": False,
+    "valid_searches": 0,
+    "finish": PROMPT_TOO_LONG,
+  }
 
 
 def run_baseline(
@@ -88,7 +90,7 @@ def run_baseline(
   documents at `rollout.max_obs_tokens` tokens, as the agent's observations are.
   """
   tok = sampler.tokenizer
-  chat = _chat(tok)
+  chat = prompts.chat_of(tok)
   base = [
     {"searches": 0, "turns": 1, "new_tokens": 0, "response": "", "queries": [], "doc_ids": []}
     for _ in examples
@@ -124,6 +126,8 @@ def run_baseline(
       **base[i],
       "prediction": prediction,
       "fallback": fallback,
+      "answered": not fallback,  # closed an <answer>
+      "valid_searches": 0,  # the model does not search; rag's retrieval is not its own
       "new_tokens": len(row["tokens"]),
       "finish": row["finish"],
       "response": text,
@@ -143,7 +147,7 @@ def run_agent(
 ) -> list[dict[str, Any]]:
   """One batch of the search agent (the rollout loop, prefilled at `batch_size` rows)."""
   tok = sampler.tokenizer
-  chat = _chat(tok)
+  chat = prompts.chat_of(tok)
   ids = [tok.encode(prompts.actor_prompt(ex.question, chat)) for ex in examples]
   agent = rollout_lib.Agent(sampler, retriever, rollout)
   state, records = rollout_lib.run(agent, params, ids, rng=rng, batch=batch_size)
@@ -154,6 +158,9 @@ def run_agent(
         "prediction": traj.answer,
         "fallback": False,
         "searches": traj.num_searches,
+        "answered": traj.answer is not None,  # a valid turn closed an <answer>
+        # Searches the protocol parsed whose query retrieved at least one passage.
+        "valid_searches": sum(1 for ids in traj.doc_ids if ids),
         "turns": traj.num_turns,
         "new_tokens": int(sum(traj.loss_mask)),
         "finish": traj.finish,

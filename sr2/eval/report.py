@@ -27,6 +27,8 @@ _COLUMNS = (
   ("EM", "em", "{:.3f}"),
   ("F1", "f1", "{:.3f}"),
   ("searches", "mean_searches", "{:.2f}"),
+  ("valid search", "valid_search_rate", "{:.2f}"),
+  ("answered", "answer_rate", "{:.2f}"),
   ("turns", "mean_turns", "{:.2f}"),
   ("tokens", "mean_new_tokens", "{:.1f}"),
   ("wall s", "wall_s", "{:.1f}"),
