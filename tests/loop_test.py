@@ -270,13 +270,13 @@ def _golden_step(workdir):
   the update would not move; the reward is shaped to vary within groups (EM + 0.1 per
   search + 0.01 per turn), so the step's loss, gradient and KL are non-zero.
   """
-  from sr2.train import loop
+  from sr2.train import loop, warm_start
   from sr2.train.metrics import MetricWriter
   from sr2.train.state import fresh_state
 
   s = loop.setup(_config(1))
   writer = MetricWriter(workdir, tensorboard=False, console=False)
-  state = loop._warm_start(s, fresh_state(s), writer)
+  state = warm_start.warm_start(s, fresh_state(s), writer)
   fns = loop.step_fns(s)
   real = fns.reward_fn
 

@@ -106,6 +106,13 @@ def read_jsonl_corpus(path: str | os.PathLike) -> list[dict[str, str]]:
   return passages
 
 
+def paragraph_id(title: str, text: str) -> str:
+  """A multi-hop paragraph's id in the pooled corpus: `mh-` and 12 hex digits of the SHA-1
+  of its stripped title and whitespace-collapsed text."""
+  title, text = title.strip(), _SPACES.sub(" ", text).strip()
+  return "mh-" + hashlib.sha1(f"{title}\n{text}".encode()).hexdigest()[:12]
+
+
 def pool_multihop_paragraphs(
   paths_or_rows: str | os.PathLike | Iterable[str | os.PathLike | Mapping[str, Any]],
 ) -> list[dict[str, str]]:
@@ -141,7 +148,7 @@ def pool_multihop_paragraphs(
       _check_str(paragraph["text"], f"{at} field 'text'")
       title = paragraph["title"].strip()
       text = _SPACES.sub(" ", paragraph["text"]).strip()
-      pid = "mh-" + hashlib.sha1(f"{title}\n{text}".encode()).hexdigest()[:12]
+      pid = paragraph_id(title, text)
       kept = pooled.setdefault(pid, {"id": pid, "title": title, "text": text})
       if (kept["title"], kept["text"]) != (title, text):
         raise CorpusError(f"{at}: id hash collision with {kept['title']!r}; report this")

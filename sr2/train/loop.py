@@ -5,8 +5,9 @@
 `train_and_evaluate` reads in the order a run happens:
   1. setup: the checked config, the task (questions, BM25 index, tokenizer, model), the
      checkpoints (a workdir with one resumes where it stopped);
-  2. warm start: SFT on the world's demonstrations (`sft.steps = 0` skips it), or the
-     checkpoint's params (QA tasks), or the warm start another run kept (`--init_from`);
+  2. warm start (train/warm_start.py): SFT on the world's demonstrations, or the
+     checkpoint's params (QA tasks) with SFT on gold search trajectories when `sft.steps`
+     is set, or the warm start another run kept (`--init_from`);
   3. evaluation before RL: greedy EM on `eval.split`; with the Meta-Refiner on the
      synthetic world also its gate and Trimmer accuracy (`trimmer_before_rl`);
   4. GRPO steps (`grpo_step`: collect -> advantages -> batch -> update -> metrics), each
@@ -36,12 +37,11 @@ import numpy as np
 from absl import logging
 
 from sr2 import checkpoint, files
-from sr2.models import export
 from sr2.parallel import hosts
 from sr2.rl import batch as batch_lib
 from sr2.rl import grpo, update
 from sr2.sampling import Sampler, SamplingConfig, Temperature
-from sr2.train import records, samples, sft
+from sr2.train import records, samples, warm_start
 from sr2.train.collect import collect
 from sr2.train.evaluation import evaluate_policy, trimmer_accuracy
 from sr2.train.metrics import MetricWriter, NullWriter, plot_curves
@@ -222,58 +222,9 @@ def _evaluate(s: Setup, params, split: str, limit: int, writer) -> dict:
     )
 
 
-def _export(s: Setup, params, path) -> None:
-  """The policy as an HF checkpoint directory (`rl.export_hf`), written by process 0."""
-  if s.rl.export_hf:
-    local = hosts.local_params(params, s.local_mesh)  # every process takes part
-    if hosts.is_writer():
-      export.save_hf_dir(path, s.task.model, local, s.task.tokenizer)
-
-
 def _judges(s: Setup) -> bool:
   """Whether the run measures its gate and Trimmer (a refiner run on the synthetic world)."""
   return bool(s.task.judge_cases) and s.refiner.enabled
-
-
-def _warm_start(s: Setup, state: TrainState, writer: MetricWriter) -> TrainState:
-  """SFT (world), or the loaded checkpoint's params (QA), as the starting policy.
-
-  With several processes each runs the same SFT on its own devices (same data, same
-  seed), and the result is placed on the global mesh.
-  """
-  if s.task.sft_examples and s.sft.steps:
-
-    def log(i, metrics):
-      bar.update(1)
-      if i % 10 == 0:
-        writer.write("sft", i, metrics)
-
-    with writer.task_bar("SFT", s.sft.steps) as bar:
-      params, _ = sft.run_sft(
-        s.task.model,
-        hosts.local_params(state.params, s.local_mesh),
-        s.sft_opt,
-        s.task.sft_examples,
-        steps=s.sft.steps,
-        batch_size=s.sft.batch_size,
-        pad_id=s.task.tokenizer.pad_id,
-        seed=s.seed,
-        log=log,
-      )
-    params = hosts.to_global(params, s.shardings.params)
-  elif s.task.sft_examples:
-    params = state.params
-  else:
-    params = hosts.to_global(s.task.init_params(s.seed), s.shardings.params)
-  return dataclasses.replace(
-    state,
-    params=params,
-    # A copy: the update donates `params`, which must not free the reference.
-    ref_params=jax.tree.map(jnp.copy, params),
-    opt_state=jax.jit(s.opt.init, out_shardings=s.shardings.opt_state)(params),
-    step=0,
-    data_state={"phase": "rl"},
-  )
 
 
 # --------------------------------------------------------------------------- the job
@@ -339,9 +290,11 @@ def train_and_evaluate(
     ckpt.save(0, state.as_dict(), force=True)
     ckpt.wait()
   if state.data_state["phase"] == "init":
-    state = _warm_start(s, state, writer)
+    state = warm_start.warm_start(s, state, writer)
     before = _evaluate(s, state.params, s.eval.split, s.eval.limit, writer)
     summary.update(em_before_rl=before["em"], eval_before_rl=before)
+    if task.sft_notes:
+      summary["sft_data"] = task.sft_notes
     summary["warm_start_seconds"] = round(time.perf_counter() - start, 1)
     write_summary()
     writer.write("eval", 0, {f"{s.eval.split}/{k}": v for k, v in before.items()})
@@ -350,7 +303,7 @@ def train_and_evaluate(
     if rl.keep_warm_start:
       with checkpoint.Checkpointer(workdir / WARM_START) as keep:
         keep.save(0, state.as_dict(), metrics=before, force=True)
-    _export(s, state.params, workdir / WARM_START / "hf")
+    warm_start.export_policy(s, state.params, workdir / WARM_START / "hf")
   if _judges(s) and state.step == 0 and "trimmer_before_rl" not in summary:
     # The starting policy's gate and Trimmer (evaluated every `eval.every` steps after).
     summary["trimmer_before_rl"] = trimmer_accuracy(
@@ -380,7 +333,10 @@ def train_and_evaluate(
   ckpt.wait()
 
   # ---- Evaluation after RL, the summary and the curves.
-  after = _evaluate(s, state.params, s.eval.split, s.eval.limit, writer)
+  if rl.steps:
+    after = _evaluate(s, state.params, s.eval.split, s.eval.limit, writer)
+  else:  # no GRPO step: the policy is the warm start, evaluated above
+    after = summary["eval_before_rl"]
   writer.write("eval", rl.steps, {f"{s.eval.split}/{k}": v for k, v in after.items()})
   summary.update(
     em_after_rl=after["em"],
@@ -389,7 +345,7 @@ def train_and_evaluate(
   )
   write_summary()
   writer.close()
-  _export(s, state.params, workdir / "final" / "hf")
+  warm_start.export_policy(s, state.params, workdir / "final" / "hf")
   if writes:
     plot_curves(metrics_path, workdir / "curves.png")
     records.stop_logging(log_file)

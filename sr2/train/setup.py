@@ -30,7 +30,7 @@ _GROUPS = (*_REQUIRED, "seed", "refiner", "reward")
 class RLConfig:
   """The GRPO loop (config.rl)."""
 
-  steps: int = 100  # GRPO steps.
+  steps: int = 100  # GRPO steps (0: the warm start and its evaluation only).
   prompts_per_step: int = 8  # B questions per step, each sampled `grpo.group_size` times.
   temperature: float = 1.0  # rollout sampling temperature.
   max_len: int = 1024  # row capacity of the sampler, tokens.
@@ -51,9 +51,10 @@ class RLConfig:
   export_hf: bool = False
 
   def __post_init__(self):
-    names = ("steps", "prompts_per_step", "max_len", "checkpoint_every", "log_every")
+    names = ("prompts_per_step", "max_len", "checkpoint_every", "log_every")
     check_ints(self, "rl", names, error=ValueError)
-    check_ints(self, "rl", ("probe_every", "trajectories_every"), minimum=0, error=ValueError)
+    names = ("steps", "probe_every", "trajectories_every")  # steps = 0: the warm start only
+    check_ints(self, "rl", names, minimum=0, error=ValueError)
     check_ints(self, "rl", ("trajectories_rows",), error=ValueError)
     if not self.temperature > 0:
       raise ValueError(f"rl.temperature={self.temperature}; expected > 0")
@@ -61,7 +62,8 @@ class RLConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-  """The warm start (config.sft); synthetic world only."""
+  """The warm start (config.sft): the world's demonstrations, or QA data's gold search
+  trajectories (`sr2.data.gold_search`)."""
 
   steps: int = 300  # optimizer steps on gold trajectories; 0 = none
   batch_size: int = 16  # trajectories per step

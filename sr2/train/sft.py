@@ -22,7 +22,7 @@ from sr2.rl.logprobs import token_logprobs
 from sr2.sampling import bucket
 
 # Batch lengths: an SFT batch pads to the smallest that holds its longest example.
-SFT_BUCKETS = (128, 256, 320, 384, 448, 512, 576, 640, 768, 1024)
+SFT_BUCKETS = (128, 256, 320, 384, 448, 512, 576, 640, 768, 1024, 1280, 1536, 2048, 2560)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,9 @@ Two sources (`config.data.source`):
          `config.data.tfds_dir` the sets are read instead from the tfds datasets
          `experiments/prepare_data.py` wrote there (array_record, random access: each
          process reads the questions it uses). The model and tokenizer
-         from `config.model.source` (`sr2.models.load`). No SFT: RL starts from the
-         checkpoint, as in the paper.
+         from `config.model.source` (`sr2.models.load`). RL starts from the checkpoint,
+         as in the paper, unless `config.sft.steps > 0`: then the warm start first
+         learns the multi-hop train rows' gold search trajectories (`_gold_demonstrations`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from sr2.agent import refiner_prompts
 from sr2.agent.oracle import GoldPlan, oracle_judge
 from sr2.agent.rollout import RolloutConfig
 from sr2.configlib import ConfigError, from_config
-from sr2.data import WorldConfig, actor_prompt, build_world
+from sr2.data import WorldConfig, actor_prompt, build_world, gold_search
 from sr2.data.examples import dataset_file, read_qa_jsonl
+from sr2.data.prompts import chat_of
 from sr2.data.trajectories import render_steps
 from sr2.data.world_tokenizer import train_tokenizer
 from sr2.retrieval import BM25Index, format_documents, pool_multihop_paragraphs, read_jsonl_corpus
@@ -78,6 +80,11 @@ class Task:
   judge_cases: list[JudgeCase] = dataclasses.field(default_factory=list)
   # Question text -> its gold plan, where known (the world): what the oracle refiner reads.
   gold_plans: dict[str, GoldPlan] = dataclasses.field(default_factory=dict)
+  # Whether `init_params` loads a checkpoint (the warm start trains from it) rather than
+  # initialising at random (the warm start trains from the run's own fresh state).
+  pretrained: bool = False
+  # What building the warm start's demonstrations kept and dropped (the run's summary).
+  sft_notes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def split(self, name: str) -> Sequence[Question]:
     if name not in self.splits:
@@ -93,7 +100,9 @@ class Task:
     return oracle_judge(self.gold_plans, self.tokenizer)
 
   def prompt_ids(self, question: Question) -> list[int]:
-    return self.tokenizer.encode(actor_prompt(question.question))
+    """The Actor's prompt, through the chat template where the tokenizer has one (as the
+    evaluation harness builds it)."""
+    return self.tokenizer.encode(actor_prompt(question.question, chat_of(self.tokenizer)))
 
   def search_text(self, query: str) -> str:
     """The documents one search returns, formatted and capped as the rollout appends them."""
@@ -233,14 +242,18 @@ def _question(ex, multihop: bool) -> Question:
   return Question(ex.id, ex.question, tuple(ex.golden_answers), gold_titles)
 
 
-def _questions(root, names: Sequence[str], split: str, limit: int) -> list[Question]:
+def _rows(root, names: Sequence[str], split: str, limit: int) -> list[tuple[Any, bool]]:
+  """The named sets' `QAExample`s, each with whether it is a multi-hop row."""
   out = []
   for name in names:
     kind, path = _resolve(root, name, split)
     rows = read_qa_jsonl(path)
-    rows = rows[:limit] if limit else rows
-    out += [_question(ex, kind == "multihop") for ex in rows]
+    out += [(ex, kind == "multihop") for ex in (rows[:limit] if limit else rows)]
   return out
+
+
+def _questions(root, names: Sequence[str], split: str, limit: int) -> list[Question]:
+  return [_question(ex, multihop) for ex, multihop in _rows(root, names, split, limit)]
 
 
 class SplitQuestions(Sequence[Question]):
@@ -337,11 +350,47 @@ def qa_task(config, rollout: RolloutConfig) -> Task:
   loaded = models.build(spec)
   if loaded.tokenizer is None:
     raise ConfigError(f"config.model.source={spec.source!r} has no tokenizer to train with")
-  return Task(
+  task = Task(
     splits=splits,
     retriever=index,
     tokenizer=loaded.tokenizer,
     model=loaded.config,
     rollout=rollout,
     init_params=lambda seed: loaded.params,
+    pretrained=True,
   )
+  if config.get("sft", {}).get("steps", 0):
+    train = (
+      splits["train"].examples()
+      if tfds_dir
+      else _rows(root, d.train, "train", d.get("train_limit", 0))
+    )
+    task.sft_examples, task.sft_notes = _gold_demonstrations(
+      task, [ex for ex, multihop in train if multihop], config.rl.max_len
+    )
+  return task
+
+
+def _gold_demonstrations(task: Task, rows, max_len: int) -> tuple[list[sft.Example], dict]:
+  """The warm start's demonstrations on QA data: each multi-hop train row's gold search
+  trajectory (`sr2.data.gold_search`), rendered with this task's retriever, prompt and
+  tokenizer as a rollout would be. Rows with no plan, or longer than `max_len` tokens
+  (the sampler's rows), are dropped and counted."""
+  search = lambda q: task.retriever.search([q], k=task.rollout.top_k)[0]
+  kept, dropped = gold_search.gold_plans(rows, search)
+  examples = []
+  for ex, plan in kept:
+    prompt = task.prompt_ids(_question(ex, True))
+    examples.append(
+      sft.trajectory_example(prompt, render_steps(plan, task.search_text), task.tokenizer)
+    )
+  fits = [e for e in examples if len(e.ids) <= max_len]
+  dropped["too_long"] = len(examples) - len(fits)
+  if not fits:
+    raise ConfigError(
+      f"config.sft.steps > 0 but none of the {len(rows)} multi-hop train rows gives a gold "
+      f"search trajectory that fits (dropped: {dropped}); name multihop/<set>:train sets in "
+      "config.data.train, or raise config.rl.max_len for trajectories too long"
+    )
+  notes = {"demonstrations": len(fits), "rows": len(rows), "dropped": dropped}
+  return fits, notes
