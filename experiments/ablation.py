@@ -1,12 +1,15 @@
-"""The ablation of configs/search_r2.py's arms over seeds, and its table.
+"""Arms of configs/search_r2.py over seeds, recorded run by run in OUT.json and OUT.md.
 
-  python experiments/ablation.py --root /tmp/ablation --init_from '/tmp/main_s{seed}' \
-    --reuse 'search_r1=/tmp/main_s{seed}' --out results/ablation_tiny_world
+  python experiments/ablation.py --root /tmp/mech --init_from '/tmp/mech/warm/seed{seed}' \
+    --arms search_r1,mr,mr_pr,search_r2,mr_oracle --seeds 0,1,2 \
+    --out results/search_r2_mechanism
 
-Runs every (seed, arm) that has not finished under ROOT/ARM/seedN (an interrupted one
-resumes), then writes OUT.json and OUT.md (sr2/rl/ablation.py says what each column is).
-`--table_only` only tabulates: the finished runs among the arms x seeds given, naming the
-others as left out.
+Runs every (seed, arm) that OUT.json does not hold yet under ROOT/ARM/seedN (a finished
+one is read, an interrupted one resumes), and rewrites OUT.json and OUT.md after each, so
+the study goes on where it stopped, on this machine or another. `--init_from` makes each
+seed's shared warm start first where it is missing. `--table_only` only tabulates: the
+recorded runs and the finished ones among the arms x seeds given, naming the others as
+left out. sr2/train/ablation.py says what each column is.
 """
 
 import os
@@ -20,7 +23,7 @@ from sr2.configlib import load_config_file
 from sr2.train import ablation
 
 _ROOT = flags.DEFINE_string("root", None, "Directory of the runs (ROOT/ARM/seedN).", required=True)
-_OUT = flags.DEFINE_string("out", None, "Results stem: writes OUT.json and OUT.md.", required=True)
+_OUT = flags.DEFINE_string("out", None, "Record stem: OUT.json and OUT.md.", required=True)
 _BACKBONE = flags.DEFINE_string("backbone", "tiny_world", "Backbone of configs/search_r2.py.")
 _ARMS = flags.DEFINE_list("arms", ["search_r1", "mr", "mr_pr", "search_r2"], "Arms, in order.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
@@ -38,29 +41,33 @@ def main(argv):
   del argv
   arms, seeds = _ARMS.value, [int(s) for s in _SEEDS.value]
   reuse = dict(r.split("=", 1) for r in _REUSE.value)
-  missing = []
-  if _TABLE_ONLY.value:
-    runs, missing = ablation.finished_runs(_ROOT.value, arms, seeds, reuse)
-  else:
-    runs = ablation.run_arms(
-      lambda arm: load_config_file(_CONFIG, f"{_BACKBONE.value},{arm}"),
-      arms,
-      seeds,
-      _ROOT.value,
-      init_from=_INIT_FROM.value,
-      reuse=reuse,
-    )
-  table = ablation.build_table(runs)
+  recorded = ablation.read_results(_OUT.value)
   meta = {
-    "title": f"Ablation on {_BACKBONE.value}: arms {', '.join(arms)}; seeds {seeds}",
+    "title": f"Arms of configs/search_r2.py on {_BACKBONE.value}",
     "config": f"configs/search_r2.py:{_BACKBONE.value},<arm>",
     "command": " ".join(["python experiments/ablation.py", *sys.argv[1:]]),
     "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
   }
-  if missing:
-    meta["not finished (left out)"] = ", ".join(missing)
-  ablation.write_results(table, _OUT.value, meta)
-  print(ablation.markdown(table))
+  runs = list(recorded)
+  order = list(dict.fromkeys([*arms, *(r["arm"] for r in recorded)]))
+
+  def keep(entry):
+    runs.append(entry)
+    ablation.write_results(_OUT.value, runs, order, meta)
+
+  done = {(r["arm"], r["seed"]) for r in recorded}
+  common = dict(backbone=_BACKBONE.value, init_from=_INIT_FROM.value, reuse=reuse)
+  if _TABLE_ONLY.value:
+    found, missing = ablation.finished_runs(_ROOT.value, arms, seeds, done=done, **common)
+    runs += found
+    if missing:
+      meta["not finished (left out)"] = ", ".join(missing)
+    ablation.write_results(_OUT.value, runs, order, meta)
+  else:
+    config_of = lambda arm: load_config_file(_CONFIG, f"{_BACKBONE.value},{arm}")
+    ablation.run_arms(config_of, arms, seeds, _ROOT.value, done=done, on_run=keep, **common)
+    ablation.write_results(_OUT.value, runs, order, meta)
+  print(ablation.markdown(ablation.by_arm(runs, order)))
 
 
 if __name__ == "__main__":

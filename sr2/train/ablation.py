@@ -1,18 +1,25 @@
-"""The ablation table: the arms of configs/search_r2.py over seeds, read from their workdirs.
+"""Arms of configs/search_r2.py over seeds: the runs, their record, and the tables.
 
-One run (a workdir of experiments/train.py) gives a row:
-  em_before, em_after   test EM of the warm start and of the final policy (summary.json);
-  em_1hop..em_3hop      the final policy's test EM by hop count;
-  searches              the final policy's searches per test question;
-  v_inter, delta_j      means over the GRPO steps of the revision rate and of the observed
-                        ΔJ = J_meta − J_base (rl/drivers.py), refiner arms only;
-  a_prec, s_trim, g_bar means over the steps with the drivers' probes;
-  gate_acc, trim_acc    the Gate's and the Trimmer's accuracy on the world's probes with a
-                        known first flawed step, at the last dev evaluation;
-  step_s                mean seconds per GRPO step.
-An arm's cell is the mean and the sample standard deviation over its seeds; a quantity a
-run did not log (e.g. the drivers of Search-R1) is left out of its mean, and is "–" when
-no seed logged it.
+One finished run (a workdir of experiments/train.py) gives a row (`run_row`):
+  em_before_rl, em_after_rl   test EM of the starting policy and of the final one;
+  em_1hop..em_3hop            the final policy's test EM by hop count;
+  searches                    the final policy's searches per test question;
+  v_inter, delta_j            means over the GRPO steps of the revision rate and of the
+                              observed ΔJ = J_meta − J_base (rl/drivers.py), refiner arms;
+  a_prec, s_trim, g_bar       means over the steps with the drivers' probes;
+  gate_acc_before, trimmer_acc_before
+                              the Gate's and the Trimmer's accuracy on the world's probes
+                              with a known first flawed step, before RL ...
+  gate_acc, trimmer_acc       ... and at the last dev evaluation (refiner arms);
+  step_s                      mean seconds per GRPO step.
+A quantity a run did not log (e.g. the drivers of Search-R1) is None.
+
+The record of a study (`write_results`: STEM.json and STEM.md) holds one entry per run
+(`record`: arm, seed, workdir, the train.py command that makes it, the row), the arms'
+means and sample standard deviations over seeds, and each arm's paired per-seed
+differences from a baseline arm with their standard error (`paired`). The driver skips
+the (arm, seed) pairs its record already holds, so a study spread over several sessions
+or machines goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -20,14 +27,14 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sr2.train.metrics import read_metrics
 
 COLUMNS = (
-  "em_before",
-  "em_after",
+  "em_before_rl",
+  "em_after_rl",
   "em_1hop",
   "em_2hop",
   "em_3hop",
@@ -37,8 +44,10 @@ COLUMNS = (
   "s_trim",
   "g_bar",
   "delta_j",
+  "gate_acc_before",
   "gate_acc",
-  "trim_acc",
+  "trimmer_acc_before",
+  "trimmer_acc",
   "step_s",
 )
 _STEP_MEANS = {
@@ -49,131 +58,22 @@ _STEP_MEANS = {
   "g_bar": "drivers/g_bar",
   "step_s": "step_s",
 }
-_LAST = {"gate_acc": "trimmer/gate_acc", "trim_acc": "trimmer/trim_acc"}
-_PERCENT = ("em_before", "em_after", "em_1hop", "em_2hop", "em_3hop", "v_inter")
+_LAST = {"gate_acc": "trimmer/gate_acc", "trimmer_acc": "trimmer/trim_acc"}
+_BEFORE = {"gate_acc_before": "gate_acc", "trimmer_acc_before": "trim_acc"}
+_PERCENT = ("em_before_rl", "em_after_rl", "em_1hop", "em_2hop", "em_3hop", "v_inter")
+BASELINE = "search_r1"
 
 
 def _mean(xs: Sequence[float]) -> float | None:
   return sum(xs) / len(xs) if xs else None
 
 
-def run_row(workdir: str | pathlib.Path) -> dict[str, float | None]:
-  """One finished run's row (see the module docstring); raises if it has not finished."""
-  workdir = pathlib.Path(workdir)
-  path = workdir / "summary.json"
-  summary = json.loads(path.read_text()) if path.exists() else {}
-  if "em_after_rl" not in summary:
-    raise ValueError(f"{workdir}: no finished run there (summary.json has no em_after_rl)")
-  after = summary["eval_after_rl"]
-  row: dict[str, float | None] = {
-    "em_before": summary["em_before_rl"],
-    "em_after": summary["em_after_rl"],
-    **{k: after.get(k) for k in ("em_1hop", "em_2hop", "em_3hop", "searches")},
-  }
-  rl = read_metrics(workdir / "metrics.jsonl", phase="rl")
-  for name, key in _STEP_MEANS.items():
-    row[name] = _mean([r[key] for r in rl if isinstance(r.get(key), int | float)])
-  for name, key in _LAST.items():
-    got = [r[key] for r in rl if isinstance(r.get(key), int | float)]
-    row[name] = got[-1] if got else None
-  return row
-
-
-def arm_cells(rows: Sequence[Mapping[str, float | None]]) -> dict[str, dict[str, Any]]:
-  """Per column: mean, sample std (None for one seed) and the seeds' values."""
-  out = {}
-  for col in COLUMNS:
-    xs = [r[col] for r in rows if r.get(col) is not None]
-    m = _mean(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
-    out[col] = {"mean": m, "std": sd, "values": [r.get(col) for r in rows]}
-  return out
-
-
-def _fmt(col: str, cell: Mapping[str, Any]) -> str:
-  m, sd = cell["mean"], cell["std"]
-  if m is None:
-    return "–"
-  scale, digits = (100.0, 1) if col in _PERCENT else (1.0, 2 if col == "step_s" else 3)
-  text = f"{m * scale:.{digits}f}"
-  return text + (f" ± {sd * scale:.{digits}f}" if sd is not None else "")
-
-
-def markdown(table: Mapping[str, Mapping[str, Any]]) -> str:
-  """The arms as rows of a markdown table: EM in percent, mean ± std over seeds."""
-  head = ["arm", "seeds", *COLUMNS, "EM after, per seed"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for arm, t in table.items():
-    cells = t["cells"]
-    per_seed = " / ".join(
-      "–" if v is None else f"{100 * v:.1f}" for v in cells["em_after"]["values"]
-    )
-    row = [arm, ",".join(str(s) for s in t["seeds"])]
-    row += [_fmt(c, cells[c]) for c in COLUMNS] + [per_seed]
-    lines.append("| " + " | ".join(row) + " |")
-  return "\n".join(lines) + "\n"
-
-
-def build_table(runs: Mapping[str, Mapping[int, str | pathlib.Path]]) -> dict[str, Any]:
-  """{arm: {seed: workdir}} -> {arm: {seeds, workdirs, rows, cells}} in the given arm order."""
-  table = {}
-  for arm, by_seed in runs.items():
-    seeds = sorted(by_seed)
-    rows = [run_row(by_seed[s]) for s in seeds]
-    table[arm] = {
-      "seeds": seeds,
-      "workdirs": [str(by_seed[s]) for s in seeds],
-      "rows": rows,
-      "cells": arm_cells(rows),
-    }
-  return table
-
-
-def workdir_of(root: str | pathlib.Path, arm: str, seed: int) -> pathlib.Path:
-  """Where the ablation driver runs `arm` with `seed`: ROOT/ARM/seedN."""
-  return pathlib.Path(root) / arm / f"seed{seed}"
-
-
-def run_arms(
-  config_of,
-  arms: Sequence[str],
-  seeds: Sequence[int],
-  root: str | pathlib.Path,
-  *,
-  init_from: str = "",
-  reuse: Mapping[str, str] | None = None,
-) -> dict[str, dict[int, pathlib.Path]]:
-  """Trains every (seed, arm) not finished yet, seed by seed; returns {arm: {seed: workdir}}.
-
-  Args:
-    config_of: arm -> its ConfigDict (the seed is set here).
-    arms, seeds: what to run; all arms of a seed run before the next seed.
-    root: runs go to `workdir_of(root, arm, seed)`; a finished one is kept, an interrupted
-      one resumes from its checkpoint.
-    init_from: a workdir pattern with `{seed}` whose kept warm start every run of that seed
-      starts from (`--init_from`), so the arms differ only after the warm start; "" = each
-      run does its own.
-    reuse: arm -> workdir pattern with `{seed}` of runs made elsewhere (e.g. the main job's
-      runs as the Search-R1 arm); they must have finished.
-  """
-  from sr2.train.loop import train_and_evaluate  # the training stack, only when runs are made
-
-  reuse = dict(reuse or {})
-  runs: dict[str, dict[int, pathlib.Path]] = {arm: {} for arm in arms}
-  for seed in seeds:
-    for arm in arms:
-      if arm in reuse:
-        workdir = pathlib.Path(reuse[arm].format(seed=seed))
-        run_row(workdir)  # raises now, not after the other runs, if it has not finished
-      else:
-        workdir = workdir_of(root, arm, seed)
-        if not is_finished(workdir):
-          config = config_of(arm)
-          config.seed = seed
-          start = init_from.format(seed=seed) if init_from else None
-          train_and_evaluate(config, str(workdir), start)
-      runs[arm][seed] = workdir
-  return runs
+def _std(xs: Sequence[float]) -> float | None:
+  """Sample standard deviation (n - 1); None under two values."""
+  if len(xs) < 2:
+    return None
+  m = sum(xs) / len(xs)
+  return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def is_finished(workdir: str | pathlib.Path) -> bool:
@@ -182,32 +82,274 @@ def is_finished(workdir: str | pathlib.Path) -> bool:
   return path.exists() and "em_after_rl" in json.loads(path.read_text())
 
 
+def run_row(workdir: str | pathlib.Path) -> dict[str, float | None]:
+  """One finished run's row (see the module docstring); raises if it has not finished."""
+  workdir = pathlib.Path(workdir)
+  if not is_finished(workdir):
+    raise ValueError(f"{workdir}: no finished run there (summary.json has no em_after_rl)")
+  summary = json.loads((workdir / "summary.json").read_text())
+  after = summary["eval_after_rl"]
+  row: dict[str, float | None] = {
+    "em_before_rl": summary["em_before_rl"],
+    "em_after_rl": summary["em_after_rl"],
+    **{k: after.get(k) for k in ("em_1hop", "em_2hop", "em_3hop", "searches")},
+  }
+  rl = read_metrics(workdir / "metrics.jsonl", phase="rl")
+  for name, key in _STEP_MEANS.items():
+    row[name] = _mean([r[key] for r in rl if isinstance(r.get(key), int | float)])
+  for name, key in _LAST.items():
+    got = [r[key] for r in rl if isinstance(r.get(key), int | float)]
+    row[name] = got[-1] if got else None
+  before = summary.get("trimmer_before_rl") or {}
+  for name, key in _BEFORE.items():
+    row[name] = before.get(key)
+  return row
+
+
+def train_command(
+  backbone: str, arm: str, seed: int, workdir: str | pathlib.Path, init_from: str = ""
+) -> str:
+  """The experiments/train.py command that makes one run of the study."""
+  cmd = [
+    "python experiments/train.py",
+    f"--config configs/search_r2.py:{backbone},{arm}",
+    f"--workdir {workdir}",
+    f"--config.seed={seed}",
+  ]
+  return " ".join(cmd + ([f"--init_from {init_from}"] if init_from else []))
+
+
+def record(arm: str, seed: int, workdir: str | pathlib.Path, command: str) -> dict[str, Any]:
+  """A run's entry in the study's record: who it is, how it was made, its row."""
+  return {"arm": arm, "seed": seed, "workdir": str(workdir), "command": command, **run_row(workdir)}
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def by_arm(runs: Iterable[Mapping[str, Any]], arms: Sequence[str]) -> dict[str, list[dict]]:
+  """The runs of each of `arms` (in that order; arms with none left out), by seed."""
+  out: dict[str, list[dict]] = {}
+  for arm in arms:
+    mine = sorted((dict(r) for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
+    if mine:
+      out[arm] = mine
+  return out
+
+
+def arm_cells(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+  """Per column: mean, sample std (None under two seeds) and the seeds' values."""
+  out = {}
+  for col in COLUMNS:
+    xs = [r[col] for r in rows if r.get(col) is not None]
+    out[col] = {"mean": _mean(xs), "std": _std(xs), "values": [r.get(col) for r in rows]}
+  return out
+
+
+def paired(
+  grouped: Mapping[str, Sequence[Mapping[str, Any]]],
+  baseline: str = BASELINE,
+  column: str = "em_after_rl",
+) -> dict[str, dict[str, Any]]:
+  """Each arm's per-seed difference from `baseline` on `column`, over the seeds both ran.
+
+  Returns {arm: {seeds, diffs, mean, se}}; se = sample std / sqrt(n) (None under two
+  seeds). Seeds share their warm start, so the pairing removes its variance.
+  """
+  if baseline not in grouped:
+    return {}
+  base = {r["seed"]: r[column] for r in grouped[baseline]}
+  out = {}
+  for arm, rows in grouped.items():
+    if arm == baseline:
+      continue
+    pairs = [(r["seed"], r[column] - base[r["seed"]]) for r in rows if r["seed"] in base]
+    diffs = [d for _, d in pairs]
+    sd = _std(diffs)
+    out[arm] = {
+      "seeds": [s for s, _ in pairs],
+      "diffs": diffs,
+      "mean": _mean(diffs),
+      "se": sd / math.sqrt(len(diffs)) if sd is not None else None,
+    }
+  return out
+
+
+def _fmt(col: str, mean: float | None, sd: float | None) -> str:
+  if mean is None:
+    return "–"
+  scale, digits = (100.0, 1) if col in _PERCENT else (1.0, 2 if col == "step_s" else 3)
+  return f"{mean * scale:.{digits}f}" + (f" ± {sd * scale:.{digits}f}" if sd is not None else "")
+
+
+def markdown(grouped: Mapping[str, Sequence[Mapping[str, Any]]], baseline: str = BASELINE) -> str:
+  """The arms (mean ± sample std over seeds, EM in percent), then the paired differences."""
+  head = ["arm", "seeds", *COLUMNS, "EM after, per seed"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for arm, rows in grouped.items():
+    cells = arm_cells(rows)
+    per_seed = " / ".join(
+      "–" if v is None else f"{100 * v:.1f}" for v in cells["em_after_rl"]["values"]
+    )
+    row = [arm, ",".join(str(r["seed"]) for r in rows)]
+    row += [_fmt(c, cells[c]["mean"], cells[c]["std"]) for c in COLUMNS] + [per_seed]
+    lines.append("| " + " | ".join(row) + " |")
+  diffs = paired(grouped, baseline)
+  if diffs:
+    lines += [
+      "",
+      f"Test EM after RL minus {baseline}'s, paired by seed (points; mean ± standard error):",
+      "",
+      "| arm | seeds | per seed | mean ± SE |",
+      "|---|---|---|---|",
+    ]
+    for arm, d in diffs.items():
+      per = " / ".join(f"{100 * x:+.1f}" for x in d["diffs"])
+      mean = "–" if d["mean"] is None else f"{100 * d['mean']:+.1f}"
+      se = "" if d["se"] is None else f" ± {100 * d['se']:.1f}"
+      lines.append(f"| {arm} | {','.join(map(str, d['seeds']))} | {per} | {mean}{se} |")
+  return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the record
+
+
+def read_results(stem: str | pathlib.Path) -> list[dict[str, Any]]:
+  """The runs recorded in STEM.json ([] when there is none yet)."""
+  path = pathlib.Path(stem).with_suffix(".json")
+  return json.loads(path.read_text()).get("runs", []) if path.exists() else []
+
+
+def write_results(
+  stem: str | pathlib.Path,
+  runs: Sequence[Mapping[str, Any]],
+  arms: Sequence[str],
+  meta: Mapping[str, Any],
+) -> None:
+  """STEM.json ({meta..., runs, arms: {arm: cells}, paired}) and STEM.md (the tables)."""
+  stem = pathlib.Path(stem)
+  stem.parent.mkdir(parents=True, exist_ok=True)
+  grouped = by_arm(runs, arms)
+  body = {
+    **meta,
+    "runs": [dict(r) for r in runs],
+    "arms": {a: arm_cells(rows) for a, rows in grouped.items()},
+    "paired": paired(grouped),
+  }
+  stem.with_suffix(".json").write_text(json.dumps(body, indent=1) + "\n")
+  lines = [f"# {meta.get('title', stem.name)}", ""]
+  lines += [f"- {k}: `{v}`" for k, v in meta.items() if k != "title"]
+  stem.with_suffix(".md").write_text("\n".join(lines) + "\n\n" + markdown(grouped))
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def workdir_of(root: str | pathlib.Path, arm: str, seed: int) -> pathlib.Path:
+  """Where the driver runs `arm` with `seed`: ROOT/ARM/seedN."""
+  return pathlib.Path(root) / arm / f"seed{seed}"
+
+
+def ensure_warm_start(config, workdir: str | pathlib.Path) -> None:
+  """Makes a warm start other runs can borrow in `workdir`, unless one is there: the
+  config's SFT and evaluation, no GRPO step (`rl.steps = 0`, `rl.keep_warm_start`)."""
+  from sr2.train.loop import train_and_evaluate  # the training stack, only when runs are made
+
+  if (pathlib.Path(workdir) / "warm_start").is_dir():
+    return
+  config.rl.steps = 0
+  config.rl.keep_warm_start = True
+  train_and_evaluate(config, str(workdir))
+
+
+def run_arms(
+  config_of: Callable[[str], Any],
+  arms: Sequence[str],
+  seeds: Sequence[int],
+  root: str | pathlib.Path,
+  *,
+  backbone: str = "tiny_world",
+  init_from: str = "",
+  reuse: Mapping[str, str] | None = None,
+  done: Iterable[tuple[str, int]] = (),
+  on_run: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+  """Trains every (seed, arm) not `done`, seed by seed; returns their `record`s.
+
+  Args:
+    config_of: arm -> its ConfigDict (the seed is set here).
+    arms, seeds: what to run; all arms of a seed run before the next seed.
+    root: runs go to `workdir_of(root, arm, seed)`; a finished one is kept, an interrupted
+      one resumes from its checkpoint.
+    backbone: the configs/search_r2.py backbone, for the recorded commands.
+    init_from: a workdir pattern with `{seed}` whose kept warm start every run of that seed
+      starts from, so the arms differ only after the warm start; made there first
+      (`ensure_warm_start`, with the first arm's config) if it is missing. "" = each run
+      does its own.
+    reuse: arm -> workdir pattern with `{seed}` of runs made elsewhere (e.g. the main job's
+      runs as the Search-R1 arm); they must have finished.
+    done: (arm, seed) pairs already recorded: skipped.
+    on_run: called with each new record as soon as its run has finished.
+  """
+  from sr2.train.loop import train_and_evaluate  # the training stack, only when runs are made
+
+  reuse, done = dict(reuse or {}), set(done)
+  out = []
+  for seed in seeds:
+    todo = [arm for arm in arms if (arm, seed) not in done]
+    for arm in todo:  # reused runs are checked before any training
+      if arm in reuse:
+        run_row(reuse[arm].format(seed=seed))
+    start = init_from.format(seed=seed) if init_from else ""
+    if start and any(arm not in reuse for arm in todo):
+      config = config_of(todo[0])
+      config.seed = seed
+      ensure_warm_start(config, start)
+    for arm in todo:
+      if arm in reuse:
+        workdir = pathlib.Path(reuse[arm].format(seed=seed))
+        command = f"(reused) {workdir}"
+      else:
+        workdir = workdir_of(root, arm, seed)
+        command = train_command(backbone, arm, seed, workdir, start)
+        if not is_finished(workdir):
+          config = config_of(arm)
+          config.seed = seed
+          train_and_evaluate(config, str(workdir), start or None)
+      entry = record(arm, seed, workdir, command)
+      out.append(entry)
+      if on_run is not None:
+        on_run(entry)
+  return out
+
+
 def finished_runs(
   root: str | pathlib.Path,
   arms: Sequence[str],
   seeds: Sequence[int],
+  *,
+  backbone: str = "tiny_world",
+  init_from: str = "",
   reuse: Mapping[str, str] | None = None,
-) -> tuple[dict[str, dict[int, pathlib.Path]], list[str]]:
-  """The finished runs among arms x seeds ({arm: {seed: workdir}}, arms with none dropped)
-  and the others as "ARM/seedN", for a table of what exists so far."""
-  reuse = dict(reuse or {})
-  runs, missing = {}, []
+  done: Iterable[tuple[str, int]] = (),
+) -> tuple[list[dict[str, Any]], list[str]]:
+  """The `record`s of the finished runs among arms x seeds but those `done`, and the
+  others as "ARM/seedN"."""
+  reuse, done = dict(reuse or {}), set(done)
+  runs, missing = [], []
   for arm in arms:
     for seed in seeds:
-      w = pathlib.Path(reuse[arm].format(seed=seed)) if arm in reuse else None
-      w = w or workdir_of(root, arm, seed)
-      if is_finished(w):
-        runs.setdefault(arm, {})[seed] = w
+      if (arm, seed) in done:
+        continue
+      if arm in reuse:
+        workdir = pathlib.Path(reuse[arm].format(seed=seed))
+        command = f"(reused) {workdir}"
+      else:
+        workdir = workdir_of(root, arm, seed)
+        start = init_from.format(seed=seed) if init_from else ""
+        command = train_command(backbone, arm, seed, workdir, start)
+      if is_finished(workdir):
+        runs.append(record(arm, seed, workdir, command))
       else:
         missing.append(f"{arm}/seed{seed}")
   return runs, missing
-
-
-def write_results(table: Mapping[str, Any], stem: str | pathlib.Path, meta: Mapping) -> None:
-  """STEM.json (the table with `meta`: command, config, machine) and STEM.md."""
-  stem = pathlib.Path(stem)
-  stem.parent.mkdir(parents=True, exist_ok=True)
-  stem.with_suffix(".json").write_text(json.dumps({**meta, "arms": table}, indent=1) + "\n")
-  lines = [f"# {meta.get('title', stem.name)}", ""]
-  lines += [f"- {k}: `{v}`" for k, v in meta.items() if k != "title"]
-  stem.with_suffix(".md").write_text("\n".join(lines) + "\n\n" + markdown(table))
