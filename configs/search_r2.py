@@ -3,13 +3,17 @@
   python experiments/train.py --config configs/search_r2.py:tiny_world,search_r2 --workdir DIR
   python experiments/train.py --config configs/search_r2.py:smollm2,mr --workdir DIR
 
-The argument is `<backbone>,<arm>[,smoke]`; `smoke` (tiny_world only) runs every phase at
-toy sizes, as `configs/tiny_world.py:smoke` does.
+The argument is `<backbone>,<arm>[,variant]`. `smoke` (tiny_world only) runs every phase at
+toy sizes, as `configs/tiny_world.py:smoke` does; `gpu` (smollm2 only) sizes the warm start
+and 50 GRPO steps for one GPU (experiments/gpu_smollm2.sh).
 
 Backbones:
   tiny_world   the embedded default (configs/tiny_world.py): SFT warm start, then GRPO.
-  smollm2      SmolLM2-135M-Instruct on HotpotQA (train split, BM25 over the pooled
-               paragraphs of the multi-hop train and dev files); runs on a CPU, slowly.
+  smollm2      SmolLM2-135M-Instruct on the train rows of HotpotQA, 2WikiMultihopQA and
+               MuSiQue (BM25 over the pooled paragraphs of the multi-hop train and dev
+               files): an SFT warm start on their gold search trajectories, then GRPO;
+               evaluated on HotpotQA dev. Runs on a CPU, slowly; the warm start alone:
+                 --config.rl.steps=0 (writes DIR/warm_start/hf).
   qwen2.5-7b, qwen3-8b, qwen2.5-32b-instruct
                the paper's backbones and setting (the paper's §4): NQ+HotpotQA training mix,
                G=5, 512 prompts per step, 300 steps, lr 1e-6 with warmup ratio 0.285, KL
@@ -57,6 +61,10 @@ _PAPER_SOURCES = {
 _PAPER_SLICES = {"qwen2.5-7b": "v5p-16", "qwen3-8b": "v5p-16", "qwen2.5-32b-instruct": "v5p-64"}
 _ROLLOUT_ROWS = {"qwen2.5-7b": 64, "qwen3-8b": 32, "qwen2.5-32b-instruct": 16}
 _MICRO_ROWS = {"qwen2.5-32b-instruct": 32}  # v5p-64: 32 chips
+# smollm2: the three multi-hop sets' train rows, whose supporting paragraphs give the warm
+# start's gold search trajectories; SFT steps of that warm start.
+MULTIHOP_TRAIN = tuple(f"multihop/{s}:train" for s in ("hotpotqa", "2wikimultihopqa", "musique"))
+SMOLLM2_SFT_STEPS = 120
 
 
 def _tiny_world(variant: str) -> ml_collections.ConfigDict:
@@ -86,7 +94,7 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
       # "" reads data_root's JSONL; a folder of experiments/prepare_data.py's
       # tfds datasets reads those instead, each process only the questions it uses.
       tfds_dir="",
-      train=("qa/nq:train", "qa/hotpotqa:train") if paper else ("multihop/hotpotqa:train",),
+      train=("qa/nq:train", "qa/hotpotqa:train") if paper else MULTIHOP_TRAIN,
       dev=("qa/hotpotqa:dev",) if paper else ("multihop/hotpotqa:dev",),
       test=(),  # () = the dev files
       corpus="corpus/wiki_intros.jsonl" if paper else "",  # "" = pool multihop paragraphs
@@ -94,7 +102,17 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
       eval_limit=0 if paper else 100,  # first N rows per dev/test file; 0 = all
     )
   )
-  c.sft.steps = 0  # RL starts from the checkpoint (the paper's §2.1)
+  if paper:
+    c.sft.steps = 0  # RL starts from the checkpoint (the paper's §2.1)
+  else:
+    # A 135M model does not follow the protocol zero-shot: a warm start on the multi-hop
+    # train rows' gold search trajectories first (sr2/data/gold_search.py), sized to run
+    # in about 30-45 minutes on a 2-core CPU (results/warm_start_smollm2.md).
+    c.sft.steps = SMOLLM2_SFT_STEPS
+    c.sft.batch_size = 2  # trajectories per step (~1,000 tokens each; memory on a laptop)
+    c.sft_opt.lr = 5e-5  # AdamW peak rate for the pretrained model
+    c.sft_opt.warmup_steps = 10
+    c.sft_opt.decay_steps = SMOLLM2_SFT_STEPS  # cosine to lr * final_lr_ratio
   c.rollout.max_turns = 4
   c.rollout.top_k = 3
   c.rollout.max_turn_tokens = 500 if paper else 128
@@ -132,11 +150,31 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
   return c
 
 
+_VARIANTS = {"smoke": "tiny_world", "gpu": "smollm2"}  # variant -> the backbone it is for
+
+
+def _on_one_gpu(c: ml_collections.ConfigDict) -> None:
+  """smollm2 on one GPU (experiments/gpu_smollm2.sh): a longer warm start, 50 GRPO steps.
+
+  Sized to fit about 10 minutes on one H100 with the evaluation: a target, not yet
+  measured on a GPU.
+  """
+  c.sft.steps = 100
+  c.sft.batch_size = 16  # 1,600 trajectories: ~3 passes over the 529 demonstrations
+  c.sft_opt.decay_steps = 100
+  c.rl.steps = 50
+  c.rl.prompts_per_step = 8  # x G = 5: 40 rollouts a step
+  c.rl.checkpoint_every = 25
+
+
 def get_config(arg: str = "tiny_world,search_r2") -> ml_collections.ConfigDict:
   backbone, _, arm = arg.partition(",")
   arm, _, variant = arm.partition(",")
-  if variant not in ("", "smoke") or (variant and backbone != "tiny_world"):
-    raise ValueError(f"unknown variant {variant!r}; only tiny_world has ',smoke'")
+  if variant not in ("", *_VARIANTS) or (variant and backbone != _VARIANTS[variant]):
+    raise ValueError(
+      f"unknown variant {variant!r} of {backbone!r}; the variants: "
+      + ", ".join(f"{b},<arm>,{v}" for v, b in _VARIANTS.items())
+    )
   if backbone not in BACKBONES:
     raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
   if arm not in ARMS:
@@ -144,6 +182,8 @@ def get_config(arg: str = "tiny_world,search_r2") -> ml_collections.ConfigDict:
   if arm == "mr_oracle" and backbone != "tiny_world":
     raise ValueError("arm 'mr_oracle' needs the world's gold plans: backbone tiny_world only")
   c = _tiny_world(variant or "default") if backbone == "tiny_world" else _qa(backbone)
+  if variant == "gpu":
+    _on_one_gpu(c)
   r, w = c.refiner, c.reward
   r.enabled = arm not in ("search_r1", "search_r1_g10")
   r.joint = arm in ("search_r2", "search_r2_dw", "search_r2_cont")
