@@ -14,6 +14,8 @@ Backbones:
                files): an SFT warm start on their gold search trajectories, then GRPO;
                evaluated on HotpotQA dev. Runs on a CPU, slowly; the warm start alone:
                  --config.rl.steps=0 (writes DIR/warm_start/hf).
+  qwen2.5-coder-0.5b
+               the same with Qwen2.5-Coder-0.5B-Instruct (about 4x the compute).
   qwen2.5-7b, qwen3-8b, qwen2.5-32b-instruct
                the paper's backbones and setting (the paper's §4): NQ+HotpotQA training mix,
                G=5, 512 prompts per step, 300 steps, lr 1e-6 with warmup ratio 0.285, KL
@@ -46,7 +48,14 @@ import ml_collections
 
 from sr2.data.examples import default_data_root
 
-BACKBONES = ("tiny_world", "smollm2", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct")
+BACKBONES = ("tiny_world", "smollm2", "qwen2.5-coder-0.5b")
+BACKBONES += ("qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct")
+# The small backbones: named models (PyPI-packaged GGUF), a warm start on the multi-hop train
+# rows' gold search trajectories, CPU-sized settings.
+_SMALL_SOURCES = {
+  "smollm2": "smollm2-135m-instruct",
+  "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-instruct",
+}
 ARMS = ("search_r1", "mr", "mr_pr", "search_r2", "nmax1", "nmax2", "nmax3", "nmax4")
 ARMS += ("search_r1_g10", "search_r2_dw", "mr_cont", "search_r2_cont", "mr_oracle")
 _PROCESS_ARMS = ("mr_pr", "search_r2", "search_r2_dw", "search_r2_cont")  # lexical judge
@@ -77,10 +86,10 @@ def _tiny_world(variant: str) -> ml_collections.ConfigDict:
 
 def _qa(backbone: str) -> ml_collections.ConfigDict:
   c = _tiny_world("default")
-  paper = backbone != "smollm2"
+  paper = backbone not in _SMALL_SOURCES
   c.model = ml_collections.ConfigDict(
     dict(
-      source=_PAPER_SOURCES.get(backbone, "smollm2-135m-instruct"),  # HF dir or named model
+      source=_PAPER_SOURCES.get(backbone) or _SMALL_SOURCES[backbone],  # HF dir or named model
       dtype="bfloat16" if paper else "float32",  # params dtype
       seed=0,  # init seed (preset: sources only)
       scan_layers=paper,  # layers as one lax.scan: compile time does not grow with depth

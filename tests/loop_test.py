@@ -238,15 +238,19 @@ def test_arms_differ_in_their_switches():
     assert c.to_dict() == base.to_dict()
 
 
-@pytest.mark.parametrize("backbone", ["smollm2", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct"])
-def test_paper_and_smollm2_configs_validate(backbone):
+@pytest.mark.parametrize(
+  "backbone", ["smollm2", "qwen2.5-coder-0.5b", "qwen2.5-7b", "qwen3-8b", "qwen2.5-32b-instruct"]
+)
+def test_paper_and_small_backbone_configs_validate(backbone):
   from sr2.train.setup import batch_rows, check_config
 
   typed = check_config(load_config_file(CONFIGS / "search_r2.py", f"{backbone},search_r1"))
-  if backbone != "smollm2":  # PAPER.md §4: G=5, 512 prompts, 300 steps, lr 1e-6, KL 0.001
+  small = backbone in ("smollm2", "qwen2.5-coder-0.5b")
+  if not small:  # the paper's §4: G=5, 512 prompts, 300 steps, lr 1e-6, KL 0.001, no SFT
     assert typed["grpo"].group_size == 5 and typed["rl"].prompts_per_step == 512
     assert typed["rl"].steps == 300 and typed["grpo"].kl_coef == 0.001
     assert batch_rows(typed["rl"], typed["grpo"], typed["refiner"]) == 2560
+  assert (typed["sft"].steps > 0) == small  # the small ones learn the protocol first
   typed = check_config(load_config_file(CONFIGS / "search_r2.py", f"{backbone},search_r2"))
   assert typed["refiner"].enabled and typed["reward"].process == "lexical"
 
