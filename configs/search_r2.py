@@ -73,7 +73,7 @@ _MICRO_ROWS = {"qwen2.5-32b-instruct": 32}  # v5p-64: 32 chips
 # smollm2: the three multi-hop sets' train rows, whose supporting paragraphs give the warm
 # start's gold search trajectories; SFT steps of that warm start.
 MULTIHOP_TRAIN = tuple(f"multihop/{s}:train" for s in ("hotpotqa", "2wikimultihopqa", "musique"))
-SMOLLM2_SFT_STEPS = 120
+SMOLLM2_SFT_STEPS = 60
 
 
 def _tiny_world(variant: str) -> ml_collections.ConfigDict:
@@ -121,8 +121,8 @@ def _qa(backbone: str) -> ml_collections.ConfigDict:
     # in about 30-45 minutes on a 2-core CPU (results/warm_start_smollm2.md).
     c.sft.steps = SMOLLM2_SFT_STEPS
     c.sft.batch_size = 2  # trajectories per step (~1,000 tokens each; memory on a laptop)
-    c.sft_opt.lr = 5e-5  # AdamW peak rate for the pretrained model
-    c.sft_opt.warmup_steps = 10
+    c.sft_opt.lr = 1e-4  # AdamW peak rate for the pretrained model: few steps, a regular format
+    c.sft_opt.warmup_steps = 5
     c.sft_opt.decay_steps = SMOLLM2_SFT_STEPS  # cosine to lr * final_lr_ratio
   c.rollout.max_turns = 4
   c.rollout.top_k = 3
