@@ -250,6 +250,19 @@ def workdir_of(root: str | pathlib.Path, arm: str, seed: int) -> pathlib.Path:
   return pathlib.Path(root) / arm / f"seed{seed}"
 
 
+def locate(
+  root, arm: str, seed: int, *, backbone: str, init_from: str, reuse: Mapping[str, str]
+) -> tuple[pathlib.Path, str]:
+  """Where the run of (arm, seed) lives and the command that makes it: a reused run's
+  folder, else `workdir_of(root, arm, seed)` and its `train_command`."""
+  if arm in reuse:
+    workdir = pathlib.Path(reuse[arm].format(seed=seed))
+    return workdir, f"(reused) {workdir}"
+  workdir = workdir_of(root, arm, seed)
+  start = init_from.format(seed=seed) if init_from else ""
+  return workdir, train_command(backbone, arm, seed, workdir, start)
+
+
 def ensure_warm_start(config, workdir: str | pathlib.Path) -> None:
   """Makes a warm start other runs can borrow in `workdir`, unless one is there: the
   config's SFT and evaluation, no GRPO step (`rl.steps = 0`, `rl.keep_warm_start`)."""
@@ -306,16 +319,13 @@ def run_arms(
       config.seed = seed
       ensure_warm_start(config, start)
     for arm in todo:
-      if arm in reuse:
-        workdir = pathlib.Path(reuse[arm].format(seed=seed))
-        command = f"(reused) {workdir}"
-      else:
-        workdir = workdir_of(root, arm, seed)
-        command = train_command(backbone, arm, seed, workdir, start)
-        if not is_finished(workdir):
-          config = config_of(arm)
-          config.seed = seed
-          train_and_evaluate(config, str(workdir), start or None)
+      workdir, command = locate(
+        root, arm, seed, backbone=backbone, init_from=init_from, reuse=reuse
+      )
+      if arm not in reuse and not is_finished(workdir):
+        config = config_of(arm)
+        config.seed = seed
+        train_and_evaluate(config, str(workdir), start or None)
       entry = record(arm, seed, workdir, command)
       out.append(entry)
       if on_run is not None:
@@ -341,13 +351,9 @@ def finished_runs(
     for seed in seeds:
       if (arm, seed) in done:
         continue
-      if arm in reuse:
-        workdir = pathlib.Path(reuse[arm].format(seed=seed))
-        command = f"(reused) {workdir}"
-      else:
-        workdir = workdir_of(root, arm, seed)
-        start = init_from.format(seed=seed) if init_from else ""
-        command = train_command(backbone, arm, seed, workdir, start)
+      workdir, command = locate(
+        root, arm, seed, backbone=backbone, init_from=init_from, reuse=reuse
+      )
       if is_finished(workdir):
         runs.append(record(arm, seed, workdir, command))
       else:
