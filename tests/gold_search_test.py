@@ -14,7 +14,8 @@ from sr2.data.gold_search import entity, gold_plan, gold_plans, hop_order
 from sr2.data.trajectories import render_steps
 from sr2.retrieval import BM25Index, pool_multihop_paragraphs
 from sr2.testing import tiny_byte_tokenizer
-from sr2.train.task import Task, _gold_demonstrations
+from sr2.train.task import Task
+from sr2.train.task.qa import _gold_demonstrations
 
 SETS = ("hotpotqa", "2wikimultihopqa", "musique")
 TOP_K = 3

@@ -272,7 +272,7 @@ def test_prepare_every_shared_dataset_reports_row_counts(tmp_path):
 def test_training_reads_prepared_splits_as_the_jsonl_files(source, tmp_path):
   """`config.data.tfds_dir`: the task's questions come from the prepared array_record
   splits, read on access, and equal those read from the JSONL files."""
-  from sr2.train import task
+  from sr2.train.task import qa as task
 
   data_dir = tmp_path / "tfds"
   qa.prepare("nq", source, data_dir)

@@ -6,10 +6,11 @@ import pathlib
 import ml_collections
 import pytest
 
-from sr2.configlib import ConfigError, load_config_file
+from sr2.configlib import ConfigError, from_config, load_config_file
 from sr2.data import actor_prompt
 from sr2.train import sft
 from sr2.train import task as task_lib
+from sr2.train.task import qa as qa_lib
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
@@ -57,7 +58,7 @@ def test_judgement_demonstrations_carry_the_worlds_flaw_indices():
   assert len(demos) == 10 and all(sum(e.mask) == 1 and e.mask[-1] == 1 for e in demos)
   # The same world, rebuilt: demonstration 2i is question i's gold plan, 2i+1 a corrupted
   # one (kinds in turn); the trained token is the digit of its first flawed step.
-  world = build_world(task_lib.from_config(WorldConfig, c.data.world, "config.data.world"))
+  world = build_world(from_config(WorldConfig, c.data.world, "config.data.world"))
   plans = []
   for i, q in enumerate([q for q in world.split("train") if q.corrupted][:5]):
     plans += [(q, q.gold), (q, q.corrupted[i % len(q.corrupted)])]
@@ -97,13 +98,13 @@ def _qa_root(tmp_path):
 
 def test_qa_questions_from_flashrag_files(tmp_path):
   root, _ = _qa_root(tmp_path)
-  qs = task_lib._questions(root, ["qa/mini"], "train", limit=0)
+  qs = qa_lib._questions(root, ["qa/mini"], "train", limit=0)
   assert [(q.id, q.golds) for q in qs] == [("a", ("Brezum",)), ("b", ("Europe", "EU"))]
-  assert [q.id for q in task_lib._questions(root, ["qa/mini:dev"], "train", limit=1)] == ["a"]
+  assert [q.id for q in qa_lib._questions(root, ["qa/mini:dev"], "train", limit=1)] == ["a"]
   with pytest.raises(ConfigError, match="expected qa/<name> or multihop/<set>"):
-    task_lib._questions(root, ["mini"], "train", limit=0)
+    qa_lib._questions(root, ["mini"], "train", limit=0)
   with pytest.raises(ConfigError, match=r"has no file .*test.jsonl; expected FlashRAG JSONL"):
-    task_lib._questions(root, ["qa/mini:test"], "train", limit=0)
+    qa_lib._questions(root, ["qa/mini:test"], "train", limit=0)
 
 
 def test_qa_task_refuses_a_model_without_tokenizer(tmp_path):
