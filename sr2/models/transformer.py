@@ -227,7 +227,13 @@ def _decode(config, params, tokens_BxT, positions_BxT, attend, at_B, cached: boo
     return _rows_sharded(x)
 
   if config.remat != "none":
-    full = jax.checkpoint(full, policy=_REMAT_POLICIES[config.remat], prevent_cse=False)
+    # Unrolled, CSE would merge the recomputation back into the forward pass and keep every
+    # block's activations (a TPU's gradient temporaries did not shrink at all); inside a
+    # scan it cannot, and the barrier would only cost. XLA's CPU schedule keeps them even
+    # so: on a CPU only scanned layers save memory (`scan_layers`).
+    full = jax.checkpoint(
+      full, policy=_REMAT_POLICIES[config.remat], prevent_cse=not isinstance(layers, dict)
+    )
   m = n - 1 if at_B is not None else n  # blocks at every position
   if isinstance(layers, dict):
     x, _ = jax.lax.scan(lambda x, layer: (full(x, layer), None), x, _head(layers, m))
