@@ -9,7 +9,8 @@
 # Needs `pip install -e '.[cuda12]'` and the QA data under $SR2_DATA (README, "Data").
 # TRAIN_FLAGS / EVAL_FLAGS add flags to the two commands, e.g. a CPU dry run at toy sizes:
 #   TRAIN_FLAGS="--config.sft.steps=2 --config.sft.batch_size=2 --config.rl.steps=1
-#     --config.rl.prompts_per_step=2 --config.grpo.group_size=2 --config.data.eval_limit=4"
+#     --config.rl.prompts_per_step=2 --config.grpo.group_size=2 --config.grpo.micro_batch_rows=4
+#     --config.data.eval_limit=4"
 #   EVAL_FLAGS="--limit 4" bash experiments/gpu_smollm2.sh /tmp/dry
 # Target: about 10 minutes on one H100 (configs/search_r2.py, `_on_one_gpu`).
 set -euo pipefail
