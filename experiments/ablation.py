@@ -9,7 +9,8 @@ one is read, an interrupted one resumes), and rewrites OUT.json and OUT.md after
 the study goes on where it stopped, on this machine or another. `--init_from` makes each
 seed's shared warm start first where it is missing. `--table_only` only tabulates: the
 recorded runs and the finished ones among the arms x seeds given, naming the others as
-left out. sr2/train/ablation.py says what each column is.
+left out. sr2/train/ablation.py says what each column is; sr2/train/ablation_runs.py how
+the runs are made.
 """
 
 import os
@@ -20,7 +21,7 @@ import sys
 from absl import app, flags
 
 from sr2.configlib import load_config_file
-from sr2.train import ablation
+from sr2.train import ablation, ablation_runs
 
 _ROOT = flags.DEFINE_string("root", None, "Directory of the runs (ROOT/ARM/seedN).", required=True)
 _OUT = flags.DEFINE_string("out", None, "Record stem: OUT.json and OUT.md.", required=True)
@@ -58,14 +59,14 @@ def main(argv):
   done = {(r["arm"], r["seed"]) for r in recorded}
   common = dict(backbone=_BACKBONE.value, init_from=_INIT_FROM.value, reuse=reuse)
   if _TABLE_ONLY.value:
-    found, missing = ablation.finished_runs(_ROOT.value, arms, seeds, done=done, **common)
+    found, missing = ablation_runs.finished_runs(_ROOT.value, arms, seeds, done=done, **common)
     runs += found
     if missing:
       meta["not finished (left out)"] = ", ".join(missing)
     ablation.write_results(_OUT.value, runs, order, meta)
   else:
     config_of = lambda arm: load_config_file(_CONFIG, f"{_BACKBONE.value},{arm}")
-    ablation.run_arms(config_of, arms, seeds, _ROOT.value, done=done, on_run=keep, **common)
+    ablation_runs.run_arms(config_of, arms, seeds, _ROOT.value, done=done, on_run=keep, **common)
     ablation.write_results(_OUT.value, runs, order, meta)
   print(ablation.markdown(ablation.by_arm(runs, order)))
 

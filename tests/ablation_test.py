@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sr2.train import ablation
+from sr2.train import ablation, ablation_runs
 
 
 def _run(path, before, after, steps=(), hops=(0.5, 0.25, 0.0), trimmer=None):
@@ -124,12 +124,12 @@ def test_run_arms_skips_recorded_runs_makes_the_warm_start_and_checks_reused_run
   for s in (0, 1, 2):
     _run(tmp_path / "main" / f"s{s}", 0.1, 0.3)
   (tmp_path / "ws" / "s0" / "warm_start").mkdir(parents=True)  # seed 0's exists already
-  _run(ablation.workdir_of(tmp_path / "abl", "mr", 0), 0.1, 0.5)  # finished before: read
+  _run(ablation_runs.workdir_of(tmp_path / "abl", "mr", 0), 0.1, 0.5)  # finished before: read
   config_of = lambda arm: ml_collections.ConfigDict(
     dict(arm=arm, seed=-1, rl=dict(steps=5, keep_warm_start=False))
   )
   seen = []
-  runs = ablation.run_arms(
+  runs = ablation_runs.run_arms(
     config_of,
     ["search_r1", "mr", "mr_pr"],
     [0, 1],
@@ -159,7 +159,7 @@ def test_run_arms_skips_recorded_runs_makes_the_warm_start_and_checks_reused_run
   )
   assert runs[0]["command"].startswith("(reused)")
   with pytest.raises(ValueError, match="no finished run"):
-    ablation.run_arms(
+    ablation_runs.run_arms(
       config_of,
       ["search_r1"],
       [5],
@@ -182,9 +182,9 @@ def test_write_and_read_results(tmp_path):
 
 def test_finished_runs_leave_out_and_name_the_rest(tmp_path):
   _run(tmp_path / "main" / "s0", 0.1, 0.3)
-  _run(ablation.workdir_of(tmp_path / "abl", "mr", 0), 0.1, 0.5)
-  ablation.workdir_of(tmp_path / "abl", "mr", 1).mkdir(parents=True)  # started, not finished
-  runs, missing = ablation.finished_runs(
+  _run(ablation_runs.workdir_of(tmp_path / "abl", "mr", 0), 0.1, 0.5)
+  ablation_runs.workdir_of(tmp_path / "abl", "mr", 1).mkdir(parents=True)  # started, not finished
+  runs, missing = ablation_runs.finished_runs(
     tmp_path / "abl",
     ["search_r1", "mr", "mr_pr"],
     [0, 1],

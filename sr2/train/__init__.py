@@ -10,5 +10,6 @@ rewards.py     the run's reward function (outcome, optionally process)
 sft.py         the supervised warm start
 evaluation.py  greedy evaluation inside a run, and the gate's and Trimmer's accuracy
 metrics.py     JSONL, TensorBoard and the curves
-ablation.py    arms x seeds and their table
+ablation.py    an ablation's record: a row per run, seed means, paired differences, tables
+ablation_runs.py  the ablation's runs: arms x seeds from shared warm starts, resumable
 """

@@ -1,4 +1,4 @@
-"""Arms of configs/search_r2.py over seeds: the runs, their record, and the tables.
+"""The record of an ablation study (arms of configs/search_r2.py over seeds) and its tables.
 
 One finished run (a workdir of experiments/train.py) gives a row (`run_row`):
   em_before_rl, em_after_rl   test EM of the starting policy and of the final one;
@@ -17,9 +17,9 @@ A quantity a run did not log (e.g. the drivers of Search-R1) is None.
 The record of a study (`write_results`: STEM.json and STEM.md) holds one entry per run
 (`record`: arm, seed, workdir, the train.py command that makes it, the row), the arms'
 means and sample standard deviations over seeds, and each arm's paired per-seed
-differences from a baseline arm with their standard error (`paired`). The driver skips
-the (arm, seed) pairs its record already holds, so a study spread over several sessions
-or machines goes on where it stopped.
+differences from a baseline arm with their standard error (`paired`). The runs
+themselves are made by sr2/train/ablation_runs.py, which skips the (arm, seed) pairs a
+record already holds.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sr2.train.metrics import read_metrics
@@ -104,19 +104,6 @@ def run_row(workdir: str | pathlib.Path) -> dict[str, float | None]:
   for name, key in _BEFORE.items():
     row[name] = before.get(key)
   return row
-
-
-def train_command(
-  backbone: str, arm: str, seed: int, workdir: str | pathlib.Path, init_from: str = ""
-) -> str:
-  """The experiments/train.py command that makes one run of the study."""
-  cmd = [
-    "python experiments/train.py",
-    f"--config configs/search_r2.py:{backbone},{arm}",
-    f"--workdir {workdir}",
-    f"--config.seed={seed}",
-  ]
-  return " ".join(cmd + ([f"--init_from {init_from}"] if init_from else []))
 
 
 def record(arm: str, seed: int, workdir: str | pathlib.Path, command: str) -> dict[str, Any]:
@@ -240,122 +227,3 @@ def write_results(
   lines = [f"# {meta.get('title', stem.name)}", ""]
   lines += [f"- {k}: `{v}`" for k, v in meta.items() if k != "title"]
   stem.with_suffix(".md").write_text("\n".join(lines) + "\n\n" + markdown(grouped))
-
-
-# --------------------------------------------------------------------------- the driver
-
-
-def workdir_of(root: str | pathlib.Path, arm: str, seed: int) -> pathlib.Path:
-  """Where the driver runs `arm` with `seed`: ROOT/ARM/seedN."""
-  return pathlib.Path(root) / arm / f"seed{seed}"
-
-
-def locate(
-  root, arm: str, seed: int, *, backbone: str, init_from: str, reuse: Mapping[str, str]
-) -> tuple[pathlib.Path, str]:
-  """Where the run of (arm, seed) lives and the command that makes it: a reused run's
-  folder, else `workdir_of(root, arm, seed)` and its `train_command`."""
-  if arm in reuse:
-    workdir = pathlib.Path(reuse[arm].format(seed=seed))
-    return workdir, f"(reused) {workdir}"
-  workdir = workdir_of(root, arm, seed)
-  start = init_from.format(seed=seed) if init_from else ""
-  return workdir, train_command(backbone, arm, seed, workdir, start)
-
-
-def ensure_warm_start(config, workdir: str | pathlib.Path) -> None:
-  """Makes a warm start other runs can borrow in `workdir`, unless one is there: the
-  config's SFT and evaluation, no GRPO step (`rl.steps = 0`, `rl.keep_warm_start`)."""
-  from sr2.train.loop import train_and_evaluate  # the training stack, only when runs are made
-
-  if (pathlib.Path(workdir) / "warm_start").is_dir():
-    return
-  config.rl.steps = 0
-  config.rl.keep_warm_start = True
-  train_and_evaluate(config, str(workdir))
-
-
-def run_arms(
-  config_of: Callable[[str], Any],
-  arms: Sequence[str],
-  seeds: Sequence[int],
-  root: str | pathlib.Path,
-  *,
-  backbone: str = "tiny_world",
-  init_from: str = "",
-  reuse: Mapping[str, str] | None = None,
-  done: Iterable[tuple[str, int]] = (),
-  on_run: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
-  """Trains every (seed, arm) not `done`, seed by seed; returns their `record`s.
-
-  Args:
-    config_of: arm -> its ConfigDict (the seed is set here).
-    arms, seeds: what to run; all arms of a seed run before the next seed.
-    root: runs go to `workdir_of(root, arm, seed)`; a finished one is kept, an interrupted
-      one resumes from its checkpoint.
-    backbone: the configs/search_r2.py backbone, for the recorded commands.
-    init_from: a workdir pattern with `{seed}` whose kept warm start every run of that seed
-      starts from, so the arms differ only after the warm start; made there first
-      (`ensure_warm_start`, with the first arm's config) if it is missing. "" = each run
-      does its own.
-    reuse: arm -> workdir pattern with `{seed}` of runs made elsewhere (e.g. the main job's
-      runs as the Search-R1 arm); they must have finished.
-    done: (arm, seed) pairs already recorded: skipped.
-    on_run: called with each new record as soon as its run has finished.
-  """
-  from sr2.train.loop import train_and_evaluate  # the training stack, only when runs are made
-
-  reuse, done = dict(reuse or {}), set(done)
-  out = []
-  for seed in seeds:
-    todo = [arm for arm in arms if (arm, seed) not in done]
-    for arm in todo:  # reused runs are checked before any training
-      if arm in reuse:
-        run_row(reuse[arm].format(seed=seed))
-    start = init_from.format(seed=seed) if init_from else ""
-    if start and any(arm not in reuse for arm in todo):
-      config = config_of(todo[0])
-      config.seed = seed
-      ensure_warm_start(config, start)
-    for arm in todo:
-      workdir, command = locate(
-        root, arm, seed, backbone=backbone, init_from=init_from, reuse=reuse
-      )
-      if arm not in reuse and not is_finished(workdir):
-        config = config_of(arm)
-        config.seed = seed
-        train_and_evaluate(config, str(workdir), start or None)
-      entry = record(arm, seed, workdir, command)
-      out.append(entry)
-      if on_run is not None:
-        on_run(entry)
-  return out
-
-
-def finished_runs(
-  root: str | pathlib.Path,
-  arms: Sequence[str],
-  seeds: Sequence[int],
-  *,
-  backbone: str = "tiny_world",
-  init_from: str = "",
-  reuse: Mapping[str, str] | None = None,
-  done: Iterable[tuple[str, int]] = (),
-) -> tuple[list[dict[str, Any]], list[str]]:
-  """The `record`s of the finished runs among arms x seeds but those `done`, and the
-  others as "ARM/seedN"."""
-  reuse, done = dict(reuse or {}), set(done)
-  runs, missing = [], []
-  for arm in arms:
-    for seed in seeds:
-      if (arm, seed) in done:
-        continue
-      workdir, command = locate(
-        root, arm, seed, backbone=backbone, init_from=init_from, reuse=reuse
-      )
-      if is_finished(workdir):
-        runs.append(record(arm, seed, workdir, command))
-      else:
-        missing.append(f"{arm}/seed{seed}")
-  return runs, missing
