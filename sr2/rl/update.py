@@ -80,6 +80,28 @@ def _split(mb, rows: int):
   return {name: v.reshape(rows, k, *v.shape[1:]).swapaxes(0, 1) for name, v in mb.items()}
 
 
+def _accumulate(acc, grads):
+  """acc + grads, leaf by leaf, the sum kept in float32."""
+  return jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads)
+
+
+def _scan_micro(one, params, xs, sums: int):
+  """`lax.scan` of `one` over the micro-batches `xs`, carrying `sums` float32 gradient sums
+  (zeros first); returns (the sums, one's stacked outputs)."""
+  zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
+  return jax.lax.scan(one, (zeros,) * sums, xs)
+
+
+def _merged(mb, slices, obj_K, metrics_K, cfg):
+  """The whole mini-batch's metrics from its K micro-batches' (`micro.merge_metrics`)."""
+  return micro.merge_metrics(metrics_K, obj_K, slices["mask"], mb["adv"], mb["mask"], cfg.loss_agg)
+
+
+def _as_params(grads, params):
+  """Gradient sums cast back to the params' dtypes."""
+  return jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
+
 def grouped_loss_and_grads(model, cfg, params, mb):
   """((loss, metrics), grads) with the Actor's and the decisions' gradients balanced.
 
@@ -111,18 +133,14 @@ def grouped_loss_and_grads(model, cfg, params, mb):
       pull((jnp.float32(1.0), jnp.float32(0.0)))[0],
       pull((jnp.float32(0.0), jnp.float32(1.0)))[0],
     )
-    add = lambda acc, g: jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g)
-    return (add(carry[0], g_a), add(carry[1], g_d)), (obj[0] + obj[1], metrics)
+    carry = (_accumulate(carry[0], g_a), _accumulate(carry[1], g_d))
+    return carry, (obj[0] + obj[1], metrics)
 
-  zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
   xs = (slices, parts.swapaxes(0, 1), w_2xK.T, u_2xK.T)
-  (g_a, g_d), (obj_K, metrics_K) = jax.lax.scan(one, (zeros, zeros), xs)
+  (g_a, g_d), (obj_K, metrics_K) = _scan_micro(one, params, xs, sums=2)
   grads, extra = balance.combine(g_a, g_d, cfg.decision_balance, cfg.decision_balance_scale)
-  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-  metrics = micro.merge_metrics(
-    metrics_K, obj_K, slices["mask"], mb["adv"], mb["mask"], cfg.loss_agg
-  )
-  return (metrics["loss"], {**metrics, **extra}), grads
+  metrics = _merged(mb, slices, obj_K, metrics_K, cfg)
+  return (metrics["loss"], {**metrics, **extra}), _as_params(grads, params)
 
 
 def loss_and_grads(model, cfg, params, mb):
@@ -149,7 +167,7 @@ def loss_and_grads(model, cfg, params, mb):
   slices = _split(mb, size)
   w_K, u_K = micro.weights(slices["mask"], cfg.loss_agg)
 
-  def one(grads, xs):
+  def one(carry, xs):
     m, w, u = xs
 
     def objective(p):
@@ -157,15 +175,11 @@ def loss_and_grads(model, cfg, params, mb):
       return micro.objective(metrics, w, u, cfg), metrics
 
     (obj, metrics), g = jax.value_and_grad(objective, has_aux=True)(params)
-    return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g), (obj, metrics)
+    return (_accumulate(carry[0], g),), (obj, metrics)
 
-  zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
-  grads, (obj_K, metrics_K) = jax.lax.scan(one, zeros, (slices, w_K, u_K))
-  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-  metrics = micro.merge_metrics(
-    metrics_K, obj_K, slices["mask"], mb["adv"], mb["mask"], cfg.loss_agg
-  )
-  return (metrics["loss"], metrics), grads
+  (grads,), (obj_K, metrics_K) = _scan_micro(one, params, (slices, w_K, u_K), sums=1)
+  metrics = _merged(mb, slices, obj_K, metrics_K, cfg)
+  return (metrics["loss"], metrics), _as_params(grads, params)
 
 
 def _minibatch_step(model, cfg, optimizer, carry, mb):
