@@ -35,6 +35,9 @@ _REUSE = flags.DEFINE_multi_string(
   "reuse", [], "ARM=PATTERN: finished runs made elsewhere, e.g. search_r1=/tmp/main_s{seed}."
 )
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Only tabulate the finished runs.")
+_COLUMNS = flags.DEFINE_list(
+  "columns", list(ablation.COLUMNS), "Columns of the printed table (OUT.md keeps them all)."
+)
 _CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "search_r2.py"
 
 
@@ -68,7 +71,7 @@ def main(argv):
     config_of = lambda arm: load_config_file(_CONFIG, f"{_BACKBONE.value},{arm}")
     ablation_runs.run_arms(config_of, arms, seeds, _ROOT.value, done=done, on_run=keep, **common)
     ablation.write_results(_OUT.value, runs, order, meta)
-  print(ablation.markdown(ablation.by_arm(runs, order)))
+  print(ablation.markdown(ablation.by_arm(runs, order), columns=_COLUMNS.value))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,12 @@ def test_seed_mean_std_paired_differences_and_markdown(tmp_path):
   assert md[2].endswith("| 30.0 / 50.0 / 40.0 |") and "| – |" in md[2]  # no refiner columns
   assert md[3].startswith("| mr | 0,2 | 20.0 ± 0.0 | 50.0 ± 14.1 |")
   assert "| mr | 0,2 | +10.0 / +20.0 | +15.0 ± 5.0 |" in md
+  short = ablation.markdown(grouped, columns=("em_after_rl", "v_inter")).splitlines()
+  assert short[0] == "| arm | seeds | em_after_rl | v_inter | EM after, per seed |"
+  # v_inter: seed means (0.1 + 0.3 + 0.2) / 3 = 0.2 in each mr run -> 20.0 ± 0.0 percent
+  assert short[3] == "| mr | 0,2 | 50.0 ± 14.1 | 20.0 ± 0.0 | 40.0 / 60.0 |"
+  with pytest.raises(ValueError, match="'em'"):
+    ablation.markdown(grouped, columns=("em",))
 
 
 def test_run_arms_skips_recorded_runs_makes_the_warm_start_and_checks_reused_runs(

@@ -169,9 +169,17 @@ def _fmt(col: str, mean: float | None, sd: float | None) -> str:
   return f"{mean * scale:.{digits}f}" + (f" ± {sd * scale:.{digits}f}" if sd is not None else "")
 
 
-def markdown(grouped: Mapping[str, Sequence[Mapping[str, Any]]], baseline: str = BASELINE) -> str:
-  """The arms (mean ± sample std over seeds, EM in percent), then the paired differences."""
-  head = ["arm", "seeds", *COLUMNS, "EM after, per seed"]
+def markdown(
+  grouped: Mapping[str, Sequence[Mapping[str, Any]]],
+  baseline: str = BASELINE,
+  columns: Sequence[str] = COLUMNS,
+) -> str:
+  """The arms (mean ± sample std over seeds of `columns`, EM in percent), then the paired
+  differences."""
+  unknown = [c for c in columns if c not in COLUMNS]
+  if unknown:
+    raise ValueError(f"columns {unknown}: not in the record; expected some of {COLUMNS}")
+  head = ["arm", "seeds", *columns, "EM after, per seed"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for arm, rows in grouped.items():
     cells = arm_cells(rows)
@@ -179,7 +187,7 @@ def markdown(grouped: Mapping[str, Sequence[Mapping[str, Any]]], baseline: str =
       "–" if v is None else f"{100 * v:.1f}" for v in cells["em_after_rl"]["values"]
     )
     row = [arm, ",".join(str(r["seed"]) for r in rows)]
-    row += [_fmt(c, cells[c]["mean"], cells[c]["std"]) for c in COLUMNS] + [per_seed]
+    row += [_fmt(c, cells[c]["mean"], cells[c]["std"]) for c in columns] + [per_seed]
     lines.append("| " + " | ".join(row) + " |")
   diffs = paired(grouped, baseline)
   if diffs:
