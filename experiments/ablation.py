@@ -9,8 +9,15 @@ one is read, an interrupted one resumes), and rewrites OUT.json and OUT.md after
 the study goes on where it stopped, on this machine or another. `--init_from` makes each
 seed's shared warm start first where it is missing. `--table_only` only tabulates: the
 recorded runs and the finished ones among the arms x seeds given, naming the others as
-left out. sr2/train/ablation.py says what each column is; sr2/train/ablation_runs.py how
-the runs are made.
+left out. `--columns` picks the printed table's columns. sr2/train/ablation.py says what
+each column is; sr2/train/ablation_runs.py how the runs are made.
+
+A reproducibility check: run an arm with a seed the study did not use into its own record
+and compare it with the study's runs of that arm (mean ± standard error over seeds):
+
+  python experiments/ablation.py --root /tmp/mech --init_from '/tmp/mech/warm/seed{seed}' \
+    --arms search_r1 --seeds 3 --out results/search_r2_mechanism_seed3 \
+    --against results/search_r2_mechanism
 """
 
 import os
@@ -35,6 +42,12 @@ _REUSE = flags.DEFINE_multi_string(
   "reuse", [], "ARM=PATTERN: finished runs made elsewhere, e.g. search_r1=/tmp/main_s{seed}."
 )
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Only tabulate the finished runs.")
+_AGAINST = flags.DEFINE_string(
+  "against",
+  "",
+  "A reference record's stem: say how far each run of OUT lies from its arm's "
+  "mean there, in standard errors (a seed the reference did not use should be within 2).",
+)
 _COLUMNS = flags.DEFINE_list(
   "columns", list(ablation.COLUMNS), "Columns of the printed table (OUT.md keeps them all)."
 )
@@ -72,6 +85,15 @@ def main(argv):
     ablation_runs.run_arms(config_of, arms, seeds, _ROOT.value, done=done, on_run=keep, **common)
     ablation.write_results(_OUT.value, runs, order, meta)
   print(ablation.markdown(ablation.by_arm(runs, order), columns=_COLUMNS.value))
+  if _AGAINST.value:
+    reference = ablation.read_results(_AGAINST.value)
+    for run in runs:
+      c = ablation.against(reference, run)
+      print(
+        f"{c['arm']} seed {c['seed']}: EM after RL {100 * c['value']:.1f}% against "
+        f"{100 * c['mean']:.1f} ± {100 * c['se']:.1f}% (mean ± SE) in {_AGAINST.value}: "
+        f"z = {c['z']:+.2f}, {'within' if c['within'] else 'NOT within'} 2 SE"
+      )
 
 
 if __name__ == "__main__":

@@ -199,3 +199,17 @@ def test_finished_runs_leave_out_and_name_the_rest(tmp_path):
   )
   assert [(r["arm"], r["seed"]) for r in runs] == [("search_r1", 0), ("mr", 0)]
   assert missing == ["search_r1/seed1", "mr/seed1", "mr_pr/seed0"]
+
+
+def test_a_new_seed_against_the_reference_arm(tmp_path):
+  reference = _runs(tmp_path)  # search_r1 EM after: 0.3, 0.5, 0.4 (seeds 0-2)
+  new = {"arm": "search_r1", "seed": 3, "em_after_rl": 0.55}
+  c = ablation.against(reference, new)
+  # mean 0.4, sample std 0.1, SE 0.1 / sqrt(3) = 0.05774; z = 0.15 / 0.05774 = 2.598
+  assert c["mean"] == pytest.approx(0.4) and c["se"] == pytest.approx(0.1 / 3**0.5)
+  assert c["z"] == pytest.approx(2.598, abs=1e-3) and not c["within"]
+  assert ablation.against(reference, {**new, "em_after_rl": 0.35})["within"]  # z = -0.87
+  with pytest.raises(ValueError, match="already in the reference"):
+    ablation.against(reference, {**new, "seed": 1})
+  with pytest.raises(ValueError, match="'mr_pr': 0 reference run"):
+    ablation.against(reference, {**new, "arm": "mr_pr"})

@@ -162,6 +162,40 @@ def paired(
   return out
 
 
+def against(
+  reference: Sequence[Mapping[str, Any]],
+  run: Mapping[str, Any],
+  column: str = "em_after_rl",
+  k: float = 2.0,
+) -> dict[str, Any]:
+  """How a new run of an arm compares with that arm's runs in a reference record.
+
+  Returns {arm, seed, value, mean, se, z, within}: the reference seeds' mean and its
+  standard error (sample std / sqrt(n)), z = (value - mean) / se, and whether the value
+  lies within `k` standard errors of the mean. A reproducibility check: a seed the
+  reference did not use should land within two.
+  """
+  xs = [r[column] for r in reference if r["arm"] == run["arm"] and r.get(column) is not None]
+  if len(xs) < 2:
+    raise ValueError(
+      f"arm {run['arm']!r}: {len(xs)} reference run(s) with {column}; expected at least 2"
+    )
+  if any(r["arm"] == run["arm"] and r["seed"] == run["seed"] for r in reference):
+    raise ValueError(f"arm {run['arm']!r} seed {run['seed']}: already in the reference")
+  mean, se = _mean(xs), _std(xs) / math.sqrt(len(xs))
+  value = run[column]
+  z = (value - mean) / se if se > 0 else (0.0 if value == mean else math.inf)
+  return {
+    "arm": run["arm"],
+    "seed": run["seed"],
+    "value": value,
+    "mean": mean,
+    "se": se,
+    "z": z,
+    "within": abs(z) <= k,
+  }
+
+
 def _fmt(col: str, mean: float | None, sd: float | None) -> str:
   if mean is None:
     return "–"
