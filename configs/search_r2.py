@@ -27,7 +27,8 @@ Arms (one switch each, so rows differ only in what they name):
   search_r1      outcome reward only, no Meta-Refiner (the baseline)
   mr             + Meta-Refiner (N_max 1), decisions not trained ("+Meta-Refiner")
   mr_pr          + process reward (lexical judge) ("+Meta-Refiner + Process Reward")
-  search_r2      + joint optimisation of the refiner's decisions (full Search-R2)
+  search_r2      + joint optimisation of the refiner's decisions (full Search-R2), their
+                 gradient at most the Actor's (grpo.decision_balance="ratio"; see below)
   nmax1..nmax4   Table 4: Meta-Refiner with N_max = 1..4, no process reward, no joint
   search_r1_g10  Appendix G: Search-R1 with doubled rollouts (G = 10)
   search_r2_dw   beyond the paper: search_r2 with the decision rows' advantage x 0.02
@@ -205,6 +206,18 @@ def get_config(arg: str = "tiny_world,search_r2") -> ml_collections.ConfigDict:
   r.decision_weight = DECISION_WEIGHT_DW if arm == "search_r2_dw" else 1.0
   r.max_revisions = int(arm[4:]) if arm.startswith("nmax") else 1
   w.process = "lexical" if arm in _PROCESS_ARMS else "none"
+  if r.joint and arm != "search_r2_dw":
+    # Joint optimisation: the decisions' gradient at most 1x the Actor's global norm
+    # (sr2/rl/balance.py). Measured on tiny_world, seed 0, from the competent warm start
+    # (results/README.md, "The mechanism study"): under "none", the paper's single loss, the
+    # gate drifts back to accepting nearly everything (accuracy 0.50 before RL, 0.55 / 0.50
+    # / 0.50 at steps 20 / 40 / 60; 5% of drafts revised over steps 1-20, 0% over the
+    # last 20), so full Search-R2 becomes Search-R1 at 2.3x its seconds per step; under
+    # "ratio" the gate learns (0.50 -> 0.73, revising about half the drafts from step 35)
+    # and the Actor's gradient is never scaled down. "clip" at norm 1 would equal "none" on
+    # 59 of the ratio run's 60 steps. search_r2_dw keeps the single loss: its balance is
+    # the decisions' advantage weight.
+    c.grpo.decision_balance = "ratio"
   if arm == "search_r1_g10":
     c.grpo.group_size = 10
   if backbone == "tiny_world":
