@@ -129,6 +129,10 @@ def test_run_arms_skips_recorded_runs_makes_the_warm_start_and_checks_reused_run
   monkeypatch.setattr(job, "train_and_evaluate", fake_train)
   for s in (0, 1, 2):
     _run(tmp_path / "main" / f"s{s}", 0.1, 0.3)
+  argv = ["experiments/train.py", "--workdir", "main/s0", "--config.x=a b"]
+  (tmp_path / "main" / "s0" / "run.json").write_text(
+    json.dumps({"commit": "0123456789", "argv": argv})
+  )
   (tmp_path / "ws" / "s0" / "warm_start").mkdir(parents=True)  # seed 0's exists already
   _run(ablation_runs.workdir_of(tmp_path / "abl", "mr", 0), 0.1, 0.5)  # finished before: read
   config_of = lambda arm: ml_collections.ConfigDict(
@@ -163,7 +167,10 @@ def test_run_arms_skips_recorded_runs_makes_the_warm_start_and_checks_reused_run
     "python experiments/train.py --config configs/search_r2.py:tiny_world,mr "
     f"--workdir {abl / 'mr' / 'seed1'} --config.seed=1 --init_from {ws1}"
   )
-  assert runs[0]["command"].startswith("(reused)")
+  assert runs[0]["command"] == (
+    "(reused, made at 0123456) python experiments/train.py --workdir main/s0 '--config.x=a b'"
+  )
+  assert runs[2]["command"] == f"(reused) {tmp_path / 'main' / 's1'}"  # no run.json there
   with pytest.raises(ValueError, match="no finished run"):
     ablation_runs.run_arms(
       config_of,

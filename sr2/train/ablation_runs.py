@@ -12,7 +12,9 @@ sr2/train/ablation.py.
 
 from __future__ import annotations
 
+import json
 import pathlib
+import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -37,14 +39,25 @@ def workdir_of(root: str | pathlib.Path, arm: str, seed: int) -> pathlib.Path:
   return pathlib.Path(root) / arm / f"seed{seed}"
 
 
+def reused_command(workdir: str | pathlib.Path) -> str:
+  """ "(reused, made at COMMIT) python ARGV..." from a run's run.json (sr2/train/records.py):
+  the command that first started it, flags and all; "(reused) WORKDIR" without one."""
+  path = pathlib.Path(workdir) / "run.json"
+  run = json.loads(path.read_text()) if path.exists() else {}
+  if not run.get("argv"):
+    return f"(reused) {workdir}"
+  return f"(reused, made at {str(run.get('commit', '?'))[:7]}) python {shlex.join(run['argv'])}"
+
+
 def locate(
   root, arm: str, seed: int, *, backbone: str, init_from: str, reuse: Mapping[str, str]
 ) -> tuple[pathlib.Path, str]:
   """Where the run of (arm, seed) lives and the command that makes it: a reused run's
-  folder, else `workdir_of(root, arm, seed)` and its `train_command`."""
+  folder and the command it was started with (`reused_command`), else
+  `workdir_of(root, arm, seed)` and its `train_command`."""
   if arm in reuse:
     workdir = pathlib.Path(reuse[arm].format(seed=seed))
-    return workdir, f"(reused) {workdir}"
+    return workdir, reused_command(workdir)
   workdir = workdir_of(root, arm, seed)
   start = init_from.format(seed=seed) if init_from else ""
   return workdir, train_command(backbone, arm, seed, workdir, start)
