@@ -37,3 +37,7 @@ def test_beyond_the_paper_arms_and_table_4():
     "refiner.decision_weight": (1.0, 0.02),
   }
   assert _diff("search_r2", "search_r2_cont") == {"refiner.prompt": ("table12", "continuation")}
+
+
+def test_the_paper_backbones_keep_the_papers_single_loss():
+  assert _diff("mr_pr", "search_r2", "qwen2.5-7b") == {"refiner.joint": (False, True)}
