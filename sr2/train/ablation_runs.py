@@ -18,7 +18,7 @@ import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sr2.train import ablation
+from sr2.train import ablation, records
 
 
 def train_command(
@@ -42,7 +42,7 @@ def workdir_of(root: str | pathlib.Path, arm: str, seed: int) -> pathlib.Path:
 def reused_command(workdir: str | pathlib.Path) -> str:
   """ "(reused, made at COMMIT) python ARGV..." from a run's run.json (sr2/train/records.py):
   the command that first started it, flags and all; "(reused) WORKDIR" without one."""
-  path = pathlib.Path(workdir) / "run.json"
+  path = pathlib.Path(workdir) / records.RUN
   run = json.loads(path.read_text()) if path.exists() else {}
   if not run.get("argv"):
     return f"(reused) {workdir}"
