@@ -82,7 +82,10 @@ def main(argv):
     ablation.write_results(_OUT.value, runs, order, meta)
   else:
     config_of = lambda arm: load_config_file(_CONFIG, f"{_BACKBONE.value},{arm}")
-    ablation_runs.run_arms(config_of, arms, seeds, _ROOT.value, done=done, on_run=keep, **common)
+    warm_em = ablation.warm_start_em(recorded)
+    ablation_runs.run_arms(
+      config_of, arms, seeds, _ROOT.value, done=done, warm_em=warm_em, on_run=keep, **common
+    )
     ablation.write_results(_OUT.value, runs, order, meta)
   print(ablation.markdown(ablation.by_arm(runs, order), columns=_COLUMNS.value))
   if _AGAINST.value:

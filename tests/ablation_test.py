@@ -220,3 +220,54 @@ def test_a_new_seed_against_the_reference_arm(tmp_path):
     ablation.against(reference, {**new, "seed": 1})
   with pytest.raises(ValueError, match="'mr_pr': 0 reference run"):
     ablation.against(reference, {**new, "arm": "mr_pr"})
+
+
+def test_runs_of_a_seed_from_different_warm_starts_are_not_paired(tmp_path):
+  runs = _runs(tmp_path)  # every run starts at 0.2
+  assert ablation.warm_start_em(runs) == {0: 0.2, 1: 0.2, 2: 0.2}
+  odd = ablation.record("mr_pr", 1, _run(tmp_path / "p1", 0.25, 0.5), "c")
+  with pytest.raises(ValueError, match=r"seed 1: .*search_r1 20\.0%, mr_pr 25\.0%"):
+    ablation.warm_start_em([*runs, odd])
+  with pytest.raises(ValueError, match="one warm start"):
+    ablation.paired(ablation.by_arm([*runs, odd], ["search_r1", "mr", "mr_pr"]))
+  with pytest.raises(ValueError, match="one warm start"):  # the record is not written
+    ablation.write_results(tmp_path / "out", [*runs, odd], ["search_r1", "mr_pr"], {})
+  assert not (tmp_path / "out.json").exists()
+
+
+def test_run_arms_refuses_a_warm_start_its_seeds_recorded_runs_did_not_start_from(
+  tmp_path, monkeypatch
+):
+  import ml_collections
+
+  from sr2.train import loop as job
+
+  calls = []
+
+  def fake_train(config, workdir, init_from=None):
+    calls.append((config.arm, config.seed))
+    _run(tmp_path / workdir, 0.2, 0.3)
+
+  monkeypatch.setattr(job, "train_and_evaluate", fake_train)
+  for seed, em in ((0, 0.2), (1, 0.25)):
+    (tmp_path / "ws" / f"s{seed}" / "warm_start").mkdir(parents=True)
+    (tmp_path / "ws" / f"s{seed}" / "summary.json").write_text(json.dumps({"em_before_rl": em}))
+  config_of = lambda arm: ml_collections.ConfigDict(
+    dict(arm=arm, seed=-1, rl=dict(steps=5, keep_warm_start=False))
+  )
+  kw = dict(init_from=str(tmp_path / "ws" / "s{seed}"), done=[("search_r1", 1)])
+  with pytest.raises(ValueError, match=r"seed 1: .* scores test EM 25\.0% .* scoring 20\.0%"):
+    ablation_runs.run_arms(
+      config_of, ["search_r1", "mr"], [1], tmp_path / "abl", warm_em={1: 0.2}, **kw
+    )
+  assert calls == []  # nothing trained
+  kw["done"] = [("search_r1", 0)]
+  runs = ablation_runs.run_arms(  # seed 0's warm start is its recorded runs' one
+    config_of, ["search_r1", "mr"], [0], tmp_path / "abl", warm_em={0: 0.2}, **kw
+  )
+  assert calls == [("mr", 0)] and runs[0]["em_before_rl"] == 0.2
+  with pytest.raises(ValueError, match="no em_before_rl"):
+    (tmp_path / "ws" / "s1" / "summary.json").unlink()
+    ablation_runs.run_arms(
+      config_of, ["search_r1", "mr"], [1], tmp_path / "abl", warm_em={1: 0.25}, **kw
+    )

@@ -17,7 +17,9 @@ A quantity a run did not log (e.g. the drivers of Search-R1) is None.
 The record of a study (`write_results`: STEM.json and STEM.md) holds one entry per run
 (`record`: arm, seed, workdir, the train.py command that makes it, the row), the arms'
 means and sample standard deviations over seeds, and each arm's paired per-seed
-differences from a baseline arm with their standard error (`paired`). The runs
+differences from a baseline arm with their standard error (`paired`). The pairing holds
+only where a seed's runs share one warm start; `warm_start_em` checks that by their test
+EM before RL. The runs
 themselves are made by sr2/train/ablation_runs.py, which skips the (arm, seed) pairs a
 record already holds.
 """
@@ -62,6 +64,7 @@ _LAST = {"gate_acc": "trimmer/gate_acc", "trimmer_acc": "trimmer/trim_acc"}
 _BEFORE = {"gate_acc_before": "gate_acc", "trimmer_acc_before": "trim_acc"}
 _PERCENT = ("em_before_rl", "em_after_rl", "em_1hop", "em_2hop", "em_3hop", "v_inter")
 BASELINE = "search_r1"
+SAME_EM = 1e-9  # EMs are fractions of one test set: equal warm starts give equal floats
 
 
 def _mean(xs: Sequence[float]) -> float | None:
@@ -111,6 +114,31 @@ def record(arm: str, seed: int, workdir: str | pathlib.Path, command: str) -> di
   return {"arm": arm, "seed": seed, "workdir": str(workdir), "command": command, **run_row(workdir)}
 
 
+def warm_start_em(runs: Iterable[Mapping[str, Any]]) -> dict[int, float]:
+  """Each seed's test EM before RL, which all its runs must share.
+
+  The runs of a seed are paired on the premise that they start from one warm start, and
+  its evaluation before RL is their common `em_before_rl`. Runs that disagree started from
+  different warm starts: for example one remade on another machine, where XLA's CPU code
+  rounds differently and the SFT drifts. Raises ValueError naming the seed and its arms
+  then.
+  """
+  seen: dict[int, list[tuple[str, float]]] = {}
+  for r in runs:
+    if r.get("em_before_rl") is not None:
+      seen.setdefault(r["seed"], []).append((r["arm"], r["em_before_rl"]))
+  out = {}
+  for seed, pairs in seen.items():
+    if max(v for _, v in pairs) - min(v for _, v in pairs) > SAME_EM:
+      got = ", ".join(f"{arm} {100 * v:.1f}%" for arm, v in pairs)
+      raise ValueError(
+        f"seed {seed}: its runs' test EM before RL differ ({got}); the runs of a seed are "
+        "paired and must start from one warm start"
+      )
+    out[seed] = pairs[0][1]
+  return out
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -141,8 +169,10 @@ def paired(
   """Each arm's per-seed difference from `baseline` on `column`, over the seeds both ran.
 
   Returns {arm: {seeds, diffs, mean, se}}; se = sample std / sqrt(n) (None under two
-  seeds). Seeds share their warm start, so the pairing removes its variance.
+  seeds). Seeds share their warm start, so the pairing removes its variance; runs that do
+  not share it raise ValueError (`warm_start_em`).
   """
+  warm_start_em(r for rows in grouped.values() for r in rows)
   if baseline not in grouped:
     return {}
   base = {r["seed"]: r[column] for r in grouped[baseline]}

@@ -75,6 +75,23 @@ def ensure_warm_start(config, workdir: str | pathlib.Path) -> None:
   train_and_evaluate(config, str(workdir))
 
 
+def check_warm_start(workdir: str | pathlib.Path, seed: int, em_before_rl: float) -> None:
+  """Raises ValueError unless the warm start in `workdir` scored `em_before_rl` before RL
+  (its summary.json), the score of the recorded runs of `seed` that it should be shared by."""
+  path = pathlib.Path(workdir) / "summary.json"
+  got = json.loads(path.read_text()).get("em_before_rl") if path.exists() else None
+  if got is None:
+    raise ValueError(f"{path}: no em_before_rl; expected the warm start's evaluation")
+  if abs(got - em_before_rl) > ablation.SAME_EM:
+    raise ValueError(
+      f"seed {seed}: the warm start in {workdir} scores test EM {100 * got:.1f}% before RL, "
+      f"but the recorded runs of seed {seed} started from one scoring "
+      f"{100 * em_before_rl:.1f}%. New runs would not pair with them. Restore their warm "
+      "start, or move the seed's recorded runs out of the record and run them all again "
+      "(a warm start remade on another machine differs: XLA's CPU code rounds differently)."
+    )
+
+
 def run_arms(
   config_of: Callable[[str], Any],
   arms: Sequence[str],
@@ -85,6 +102,7 @@ def run_arms(
   init_from: str = "",
   reuse: Mapping[str, str] | None = None,
   done: Iterable[tuple[str, int]] = (),
+  warm_em: Mapping[int, float] | None = None,
   on_run: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
   """Trains every (seed, arm) not `done`, seed by seed; returns their `record`s.
@@ -102,6 +120,10 @@ def run_arms(
     reuse: arm -> workdir pattern with `{seed}` of runs made elsewhere (e.g. the main job's
       runs as the Search-R1 arm); they must have finished.
     done: (arm, seed) pairs already recorded: skipped.
+    warm_em: seed -> the test EM before RL of its recorded runs (`ablation.warm_start_em`).
+      A warm start at `init_from` that scores otherwise is not the one they started from,
+      so the seed's new runs could not be paired with them: ValueError before any of them
+      trains.
     on_run: called with each new record as soon as its run has finished.
   """
   from sr2.train.loop import train_and_evaluate  # the training stack, only when runs are made
@@ -118,6 +140,8 @@ def run_arms(
       config = config_of(todo[0])
       config.seed = seed
       ensure_warm_start(config, start)
+      if warm_em and seed in warm_em:
+        check_warm_start(start, seed, warm_em[seed])
     for arm in todo:
       workdir, command = locate(
         root, arm, seed, backbone=backbone, init_from=init_from, reuse=reuse
