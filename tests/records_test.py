@@ -36,6 +36,14 @@ def test_first_start_writes_config_commit_versions_and_devices(tmp_path):
   assert len(saved["commit"]) == 40 and isinstance(saved["dirty"], bool)  # a git checkout
   assert saved["versions"]["jax"] and saved["versions"]["python"]
   assert saved["devices"]["platform"] == "cpu" and saved["devices"]["count"] >= 1
+  assert saved["host"]["cpus"] >= 1 and saved["host"]["machine"]
+
+
+def test_host_reads_the_cpu_model(tmp_path):
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Test CPU 9000\nflags\t: avx\n")
+  assert records.host(str(info))["cpu"] == "Test CPU 9000"
+  assert records.host(str(tmp_path / "none"))["machine"]  # no cpuinfo: platform's answer
 
 
 def test_a_resume_is_recorded_and_keeps_the_first_config(tmp_path):

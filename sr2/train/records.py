@@ -1,7 +1,7 @@
 """A run's record in its workdir: what it ran with, checked again when it resumes.
 
   config.json  the config as JSON, written at the run's first start;
-  run.json     {"commit", "dirty", "versions", "devices", "argv", "started"} of the first
+  run.json     {"commit", "dirty", "versions", "devices", "host", "argv", "started"} of the first
                start, and under "resumes" the same (less the versions when unchanged) for
                each resume with the step it resumed from;
   train.log    process 0's absl logging (sr2's from INFO, other libraries' from WARNING)
@@ -122,9 +122,27 @@ def devices() -> dict[str, Any]:
   }
 
 
+def host(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+  """The host: architecture, CPU model, CPU count.
+
+  XLA compiles CPU programs for the host's instruction set, so float results, and with them
+  a long SFT's drift, can differ between CPU models; the record tells such runs apart. The
+  model comes from `cpuinfo` on Linux, else `platform.processor()`.
+  """
+  model = None
+  if os.path.exists(cpuinfo):
+    with open(cpuinfo) as f:
+      model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+  return {
+    "machine": platform.machine(),
+    "cpu": model or platform.processor() or None,
+    "cpus": os.cpu_count(),
+  }
+
+
 def _start() -> dict[str, Any]:
   now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-  return {**commit(), "argv": list(sys.argv), "devices": devices(), "started": now}
+  return {**commit(), "argv": list(sys.argv), "devices": devices(), "host": host(), "started": now}
 
 
 def write(workdir: files.PathLike, config, resumed_at: int | None) -> dict[str, Any]:
