@@ -19,9 +19,8 @@ The record of a study (`write_results`: STEM.json and STEM.md) holds one entry p
 means and sample standard deviations over seeds, and each arm's paired per-seed
 differences from a baseline arm with their standard error (`paired`). The pairing holds
 only where a seed's runs share one warm start; `warm_start_em` checks that by their test
-EM before RL. The runs
-themselves are made by sr2/train/ablation_runs.py, which skips the (arm, seed) pairs a
-record already holds.
+EM before RL. The runs themselves are made by sr2/train/ablation_runs.py, which skips the
+(arm, seed) pairs a record already holds.
 """
 
 from __future__ import annotations
@@ -119,9 +118,9 @@ def warm_start_em(runs: Iterable[Mapping[str, Any]]) -> dict[int, float]:
 
   The runs of a seed are paired on the premise that they start from one warm start, and
   its evaluation before RL is their common `em_before_rl`. Runs that disagree started from
-  different warm starts: for example one remade on another machine, where XLA's CPU code
-  rounds differently and the SFT drifts. Raises ValueError naming the seed and its arms
-  then.
+  different warm starts: for example one remade on another machine, whose CPU code XLA
+  compiles for that host, so a long SFT can drift. Raises ValueError naming the seed and
+  its arms then.
   """
   seen: dict[int, list[tuple[str, float]]] = {}
   for r in runs:

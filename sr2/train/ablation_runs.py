@@ -88,7 +88,7 @@ def check_warm_start(workdir: str | pathlib.Path, seed: int, em_before_rl: float
       f"but the recorded runs of seed {seed} started from one scoring "
       f"{100 * em_before_rl:.1f}%. New runs would not pair with them. Restore their warm "
       "start, or move the seed's recorded runs out of the record and run them all again "
-      "(a warm start remade on another machine differs: XLA's CPU code rounds differently)."
+      "(a warm start remade on another machine can differ: XLA compiles CPU code for the host)."
     )
 
 
