@@ -7,7 +7,9 @@
 Runs every (seed, arm) that OUT.json does not hold yet under ROOT/ARM/seedN (a finished
 one is read, an interrupted one resumes), and rewrites OUT.json and OUT.md after each, so
 the study goes on where it stopped, on this machine or another. `--init_from` makes each
-seed's shared warm start first where it is missing. `--table_only` only tabulates: the
+seed's shared warm start first where it is missing, and refuses one whose test EM before
+RL differs from that of the seed's recorded runs: they would not pair (a warm start remade
+on another machine can differ). `--table_only` only tabulates: the
 recorded runs and the finished ones among the arms x seeds given, naming the others as
 left out. `--columns` picks the printed table's columns. sr2/train/ablation.py says what
 each column is; sr2/train/ablation_runs.py how the runs are made.
