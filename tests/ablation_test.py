@@ -266,8 +266,8 @@ def test_run_arms_refuses_a_warm_start_its_seeds_recorded_runs_did_not_start_fro
     config_of, ["search_r1", "mr"], [0], tmp_path / "abl", warm_em={0: 0.2}, **kw
   )
   assert calls == [("mr", 0)] and runs[0]["em_before_rl"] == 0.2
+  (tmp_path / "ws" / "s1" / "summary.json").unlink()
   with pytest.raises(ValueError, match="no em_before_rl"):
-    (tmp_path / "ws" / "s1" / "summary.json").unlink()
     ablation_runs.run_arms(
       config_of, ["search_r1", "mr"], [1], tmp_path / "abl", warm_em={1: 0.25}, **kw
     )

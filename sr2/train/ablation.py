@@ -78,10 +78,15 @@ def _std(xs: Sequence[float]) -> float | None:
   return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+def read_summary(workdir: str | pathlib.Path) -> dict[str, Any]:
+  """A run's summary.json (sr2/train/loop.py writes it); {} where there is none yet."""
+  path = pathlib.Path(workdir) / "summary.json"
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
 def is_finished(workdir: str | pathlib.Path) -> bool:
   """Whether a run wrote its final summary (summary.json with em_after_rl)."""
-  path = pathlib.Path(workdir) / "summary.json"
-  return path.exists() and "em_after_rl" in json.loads(path.read_text())
+  return "em_after_rl" in read_summary(workdir)
 
 
 def run_row(workdir: str | pathlib.Path) -> dict[str, float | None]:
@@ -89,7 +94,7 @@ def run_row(workdir: str | pathlib.Path) -> dict[str, float | None]:
   workdir = pathlib.Path(workdir)
   if not is_finished(workdir):
     raise ValueError(f"{workdir}: no finished run there (summary.json has no em_after_rl)")
-  summary = json.loads((workdir / "summary.json").read_text())
+  summary = read_summary(workdir)
   after = summary["eval_after_rl"]
   row: dict[str, float | None] = {
     "em_before_rl": summary["em_before_rl"],

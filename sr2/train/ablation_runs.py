@@ -78,10 +78,11 @@ def ensure_warm_start(config, workdir: str | pathlib.Path) -> None:
 def check_warm_start(workdir: str | pathlib.Path, seed: int, em_before_rl: float) -> None:
   """Raises ValueError unless the warm start in `workdir` scored `em_before_rl` before RL
   (its summary.json), the score of the recorded runs of `seed` that it should be shared by."""
-  path = pathlib.Path(workdir) / "summary.json"
-  got = json.loads(path.read_text()).get("em_before_rl") if path.exists() else None
+  got = ablation.read_summary(workdir).get("em_before_rl")
   if got is None:
-    raise ValueError(f"{path}: no em_before_rl; expected the warm start's evaluation")
+    raise ValueError(
+      f"{workdir}: its summary.json has no em_before_rl; expected the warm start's evaluation"
+    )
   if abs(got - em_before_rl) > ablation.SAME_EM:
     raise ValueError(
       f"seed {seed}: the warm start in {workdir} scores test EM {100 * got:.1f}% before RL, "
